@@ -1,0 +1,43 @@
+# The README's two commands are `make demo` and `make test`; both set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= training,dev
+DEMO_DATA ?= data/demo
+DEMO_RUN ?= runs/demo
+DEMO_EPOCHS ?= 8
+DEMO_SIZE ?= 128
+
+.PHONY: setup demo test lint fix bench-accuracy clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	bash .ci/system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+# Main job on the embedded default: synthetic production-line data, train, evaluate, print table.
+# The teacher is random because nothing can be downloaded here; with ImageNet weights available,
+# drop --teacher random.
+demo: setup
+	$(BIN)/dcam-data synth $(DEMO_DATA) --size $(DEMO_SIZE) --n-train 40 --seed 0 --force
+	$(BIN)/dcam-train --data $(DEMO_DATA) --out $(DEMO_RUN) --teacher random \
+	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --force
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+fix: setup
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench-accuracy: setup
+	$(BIN)/python benchmarks/accuracy.py
+
+clean:
+	rm -rf runs data .pytest_cache

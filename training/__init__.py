@@ -1,0 +1,1 @@
+"""dcam.training: multi-class DCAM teacher-student distillation, evaluation and the manifest."""
