@@ -1,0 +1,75 @@
+"""Distillation losses between teacher and student feature maps, summed over levels.
+
+cosine: channel-wise cosine distance per pixel (DCAM's main term). kl: spatial KL divergence, per
+channel a softmax over the H*W positions, KL(teacher || student). spatial_cosine: per channel,
+cosine distance between the flattened maps. l2: STFPM's half squared L2 of channel-normalised
+features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("cosine", "kl", "spatial_cosine", "l2")
+
+
+def channel_cosine_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of 1 - cos over channels."""
+    return (1.0 - F.cosine_similarity(teacher, student, dim=1, eps=1e-8)).mean()
+
+
+def spatial_kl_loss(
+    teacher: torch.Tensor, student: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """KL(teacher || student) of per-channel spatial softmaxes, mean over channels, times T^2.
+
+    The T^2 factor keeps the gradient scale comparable across temperatures (Hinton et al.).
+    """
+    log_t = F.log_softmax(teacher.flatten(2).float() / temperature, dim=-1)
+    log_s = F.log_softmax(student.flatten(2).float() / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)
+    return kl.mean() * temperature**2
+
+
+def spatial_cosine_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Mean over channels of 1 - cos between the flattened spatial maps."""
+    return (1.0 - F.cosine_similarity(teacher.flatten(2), student.flatten(2), dim=2)).mean()
+
+
+def stfpm_l2_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """STFPM: 0.5 * ||t/|t| - s/|s|||^2 over channels, mean over pixels."""
+    diff = F.normalize(teacher, dim=1) - F.normalize(student, dim=1)
+    return 0.5 * (diff**2).sum(dim=1).mean()
+
+
+def check_losses(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in LOSSES]
+    if unknown or not names:
+        raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {list(names)}")
+
+
+def distillation_loss(
+    teacher: Sequence[torch.Tensor],
+    student: Sequence[torch.Tensor],
+    losses: Sequence[str],
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Sum of the selected losses over all feature levels."""
+    check_losses(losses)
+    total = torch.zeros((), device=student[0].device)
+    for t, s in zip(teacher, student, strict=True):
+        t = t.float()
+        s = s.float()
+        for name in losses:
+            if name == "cosine":
+                total = total + channel_cosine_loss(t, s)
+            elif name == "kl":
+                total = total + spatial_kl_loss(t, s, temperature)
+            elif name == "spatial_cosine":
+                total = total + spatial_cosine_loss(t, s)
+            else:
+                total = total + stfpm_l2_loss(t, s)
+    return total
