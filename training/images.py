@@ -1,0 +1,82 @@
+"""Image decoding that accepts any common kind of file and names the file when it cannot.
+
+numpy and Pillow only (no torch), so the same rules can serve every stage: grayscale, RGBA,
+palette, CMYK, 16-bit and float images all become 8-bit RGB; a corrupt file raises ImageError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dcam.training.errors import DcamError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class ImageError(DcamError):
+    """An image file that cannot be decoded; the message names the file and the reason."""
+
+
+def _full_scale(img: Image.Image, arr: np.ndarray) -> float:
+    """The value that maps to 255: 16-bit files (I;16 or I) must be scaled, not clipped."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max() > 255):
+        return 65535.0
+    if img.mode == "F" and arr.max() <= 1.0:
+        return 1.0
+    return 255.0
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr8 = np.clip(np.rint(arr / _full_scale(img, arr) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode `path` to an (H, W, 3) uint8 RGB array, bilinearly resized to size x size if given.
+
+    Raises:
+        ImageError: the file is missing, empty, truncated, or not an image.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as img:
+            img.load()  # force the full decode so truncated files fail here
+            rgb = _to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from exc
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_mask(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode a ground-truth mask to an (H, W) bool array (nearest resize keeps it binary)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            gray = img.convert("L")
+    except (OSError, ValueError, UnidentifiedImageError) as exc:
+        raise ImageError(f"{path}: cannot decode mask ({exc})") from exc
+    if size is not None and gray.size != (size, size):
+        gray = gray.resize((size, size), Image.NEAREST)
+    return np.asarray(gray) > 127
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name for reproducible splits."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
