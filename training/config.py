@@ -1,0 +1,71 @@
+"""The training stage's configuration: one frozen dataclass, mapped 1:1 onto `dcam-train` flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dcam.training.anomaly_map import COMBINE_MODES
+from dcam.training.attention import DCAM_VARIANTS
+from dcam.training.errors import DcamError
+from dcam.training.losses import LOSSES
+from dcam.training.model import DCAM_MODES, TEACHER_SOURCES, check_backbone
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[str, ...]
+    out: str = "runs/dcam"
+    categories: tuple[str, ...] | None = None  # None: every category folder under the roots
+    backbone: str = "resnet18"
+    teacher: str = "imagenet"  # "random" only for offline tests: it understates every method
+    teacher_weights: str | None = None  # a torchvision checkpoint; overrides `teacher`
+    dcam: str = "channel"  # the paper's best configuration
+    dcam_mode: str = "mask"  # chosen by the accuracy benchmark (benchmarks/README.md)
+    losses: tuple[str, ...] = ("cosine", "kl")
+    temperature: float = 1.0  # spatial-softmax temperature of the KL term
+    image_size: int = 256
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 0.4  # STFPM's SGD settings
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA with mixed precision where present, else CPU
+    val_fraction: float = 0.1  # share of good training images held out per category
+    combine: str = "sum"  # how the per-level maps are combined
+    sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in pixels; 0 disables
+    threshold_quantile: float = 0.99  # of held-out good normalised scores
+
+    def __post_init__(self) -> None:
+        check_backbone(self.backbone)
+        _check_choice("teacher", self.teacher, TEACHER_SOURCES)
+        _check_choice("dcam", self.dcam, DCAM_VARIANTS)
+        _check_choice("dcam_mode", self.dcam_mode, DCAM_MODES)
+        _check_choice("combine", self.combine, COMBINE_MODES)
+        for loss in self.losses:
+            _check_choice("loss", loss, LOSSES)
+        if not self.losses:
+            raise DcamError(f"choose at least one loss of {LOSSES}")
+        if not self.data:
+            raise DcamError("give at least one data folder")
+        if self.image_size < 32 or self.image_size % 32:
+            raise DcamError(f"image_size must be a multiple of 32, >= 32; got {self.image_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise DcamError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise DcamError("epochs and batch_size must be at least 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        tuples = ("data", "losses", "categories")
+        fixed = {k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()}
+        return cls(**fixed)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DcamError(f"unknown {name} {value!r}; choose one of {list(choices)}")

@@ -1,0 +1,123 @@
+"""The in-process reference: anomaly maps from teacher and student, metrics, and thresholds.
+
+Reads decoded images; writes per-category image AUROC, pixel AUROC, PRO and F1-max (JSON and a
+Markdown table) and the score normalisation and decision thresholds the manifest carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcam.training import anomaly_map as amap
+from dcam.training.data import Sample
+from dcam.training.metrics import auroc, f1_max, pro_score
+from dcam.training.model import Normalize
+
+
+@torch.no_grad()
+def predict_maps(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: np.ndarray,
+    combine: str = "sum",
+    sigma: float = 0.0,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Anomaly maps (N, H, W) of uint8 NHWC images, features in torch, map maths in numpy."""
+    normalize = Normalize().to(device)
+    teacher.eval()
+    student.eval()
+    maps = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(images[start : start + batch_size]).to(device))
+        t_feats = [f.float().cpu().numpy() for f in teacher(x)]
+        s_feats = [f.float().cpu().numpy() for f in student(x)]
+        maps.append(amap.anomaly_map(t_feats, s_feats, images.shape[1:3], combine, sigma))
+    return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
+
+
+def calibrate(scores: np.ndarray, categories: Sequence[str], quantile: float = 0.99) -> dict:
+    """Score normalisation and decision threshold per category and global, from good images.
+
+    Scores are standardised with the held-out good images' mean and std; the threshold is the
+    given quantile of those normalised scores, so the deployed model decides without tuning.
+    """
+    cats = np.asarray(categories)
+
+    def stats(values: np.ndarray) -> dict:
+        mean, std = float(values.mean()), float(max(values.std(), 1e-6))
+        z = amap.normalise_scores(values, mean, std)
+        return {
+            "mean": mean,
+            "std": std,
+            "threshold": float(np.quantile(z, quantile)),
+            "n": len(values),
+        }
+
+    return {
+        "method": f"z-score of held-out good images; threshold = {quantile} quantile",
+        "global": stats(scores),
+        "per_category": {c: stats(scores[cats == c]) for c in sorted(set(categories))},
+    }
+
+
+def _category_metrics(
+    labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray
+) -> dict:
+    result = {"n_good": int((~labels).sum()), "n_anomalous": int(labels.sum())}
+    if labels.all() or not labels.any():
+        return result
+    result["image_auroc"] = auroc(labels, scores)
+    result["f1_max"] = f1_max(labels, scores)[0]
+    if masks.any():
+        result["pixel_auroc"] = auroc(masks.ravel(), maps.ravel())
+        result["pro"] = pro_score(masks, maps)
+    return result
+
+
+def evaluate(
+    samples: Sequence[Sample], maps: np.ndarray, masks: np.ndarray, calibration: dict
+) -> dict:
+    """Metrics per category and their mean, plus decision quality at the global threshold."""
+    labels = np.array([s.is_anomalous for s in samples])
+    cats = np.array([s.category for s in samples])
+    scores = amap.image_scores(maps)
+    report: dict = {"per_category": {}}
+    for c in sorted(set(cats)):
+        sel = cats == c
+        report["per_category"][c] = _category_metrics(
+            labels[sel], scores[sel], masks[sel], maps[sel]
+        )
+    keys = ("image_auroc", "pixel_auroc", "pro", "f1_max")
+    rows = report["per_category"].values()
+    report["mean"] = {
+        k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)
+    }
+    glob = calibration["global"]
+    decided = amap.decide(
+        amap.normalise_scores(scores, glob["mean"], glob["std"]), glob["threshold"]
+    )
+    report["decisions_at_global_threshold"] = {
+        "true_positive_rate": float(decided[labels].mean()) if labels.any() else None,
+        "false_positive_rate": float(decided[~labels].mean()) if (~labels).any() else None,
+    }
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    """The report as a Markdown table, one row per category and a mean row."""
+    keys = ("image_auroc", "pixel_auroc", "pro", "f1_max")
+    lines = ["| category | image AUROC | pixel AUROC | PRO | F1-max |", "|---|---|---|---|---|"]
+
+    def row(name: str, values: dict) -> str:
+        cells = [f"{100 * values[k]:.2f}" if k in values else "-" for k in keys]
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    lines += [row(c, v) for c, v in report["per_category"].items()]
+    lines.append(row("**mean**", report["mean"]))
+    return "\n".join(lines) + "\n"

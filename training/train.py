@@ -1,0 +1,243 @@
+"""Train one student for many classes, pick the best epoch on held-out good images, evaluate.
+
+Reads image folders (see data.py); writes to the output folder `teacher.pt`, `student.pt` (plain
+state dicts, the student without DCAM weights), `manifest.json`, `config.json`, `report.json`,
+`report.md`, and `checkpoint.pt` (every epoch, for `--resume`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dcam.training import anomaly_map as amap
+from dcam.training.config import TrainConfig
+from dcam.training.data import Splits, discover, load_images, load_masks
+from dcam.training.errors import DcamError
+from dcam.training.evaluate import calibrate, evaluate, markdown_table, predict_maps
+from dcam.training.losses import distillation_loss
+from dcam.training.manifest import build_manifest, write_json_atomic
+from dcam.training.model import Normalize, Student, load_teacher
+
+OUTPUT_FILES = ("teacher.pt", "student.pt", "manifest.json", "checkpoint.pt", "report.json")
+_RESUMABLE_CHANGES = {"epochs", "device", "out"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA where present, else CPU; an explicit 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DcamError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def prepare_output(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an earlier run unless told to resume it or to replace it."""
+    existing = [f for f in OUTPUT_FILES if (out / f).exists()]
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise DcamError(f"--resume: {out / 'checkpoint.pt'} does not exist")
+    elif existing and not force:
+        raise DcamError(
+            f"{out} already holds a run ({', '.join(existing)}); "
+            "pass --resume to continue it or --force to replace it"
+        )
+    elif existing:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise DcamError(f"{out} is not writable")
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def batch_loss(teacher, student, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    with torch.no_grad():
+        t_feats = teacher(x)
+    pairs = student.loss_pairs(t_feats, student(x))
+    return sum(distillation_loss(t, s, cfg.losses, cfg.temperature) for t, s in pairs)
+
+
+def run_epoch(
+    teacher,
+    student,
+    images: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    optimizer=None,
+    scaler=None,
+) -> float:
+    """One pass over `images`; trains when an optimizer is given, else returns the val loss."""
+    training = optimizer is not None
+    student.train(training)
+    normalize = Normalize().to(device)
+    order = (
+        torch.randperm(
+            len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        )
+        if training
+        else torch.arange(len(images))
+    )
+    batches = order.split(cfg.batch_size)
+    total, seen = 0.0, 0
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}" if training else "validation",
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for idx in bar:
+        x = normalize(torch.from_numpy(images[idx.numpy()]).to(device))
+        with (
+            torch.set_grad_enabled(training),
+            torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"),
+        ):
+            loss = batch_loss(teacher, student, x, cfg)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if not torch.isfinite(loss):
+            raise DcamError(f"loss became {loss.item()} in epoch {epoch + 1}; lower --lr")
+        total += loss.item() * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / seen
+
+
+def teacher_info(cfg: TrainConfig) -> dict:
+    if cfg.teacher_weights:
+        return {"source": "file", "path": str(cfg.teacher_weights)}
+    return {
+        "source": cfg.teacher,
+        "warning": "random teacher: for tests only, understates every method"
+        if cfg.teacher == "random"
+        else None,
+    }
+
+
+def _resume_state(out: Path, cfg: TrainConfig) -> dict:
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    saved = state["config"]
+    changed = {
+        k
+        for k, v in cfg.to_dict().items()
+        if k not in _RESUMABLE_CHANGES and TrainConfig.from_dict(saved).to_dict()[k] != v
+    }
+    if changed:
+        raise DcamError(f"--resume: settings differ from the interrupted run: {sorted(changed)}")
+    return state
+
+
+def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
+    """Run the whole training stage and return the manifest it wrote."""
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    prepare_output(out, resume, force)
+    splits = discover([Path(d) for d in cfg.data], cfg.categories, cfg.val_fraction, cfg.seed)
+    train_images = load_images(splits.train, cfg.image_size, "loading train")
+    val_images = load_images(splits.val, cfg.image_size, "loading held-out")
+    torch.manual_seed(cfg.seed)
+    teacher = load_teacher(
+        cfg.backbone, cfg.teacher, Path(cfg.teacher_weights) if cfg.teacher_weights else None
+    ).to(device)
+    student = Student(cfg.backbone, teacher.channels, cfg.dcam, cfg.dcam_mode).to(device)
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    state = {
+        "epoch": 0,
+        "best_val": float("inf"),
+        "best_epoch": -1,
+        "history": [],
+        "best_student": None,
+        "seconds": 0.0,
+    }
+    if resume:
+        state = _resume_state(out, cfg)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    write_json_atomic(out / "config.json", cfg.to_dict())
+    for epoch in range(state["epoch"], cfg.epochs):
+        start = time.perf_counter()
+        train_loss = run_epoch(
+            teacher, student, train_images, cfg, device, epoch, optimizer, scaler
+        )
+        val_loss = run_epoch(teacher, student, val_images, cfg, device, epoch)
+        state["seconds"] += time.perf_counter() - start
+        state["history"].append(
+            {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
+        )
+        if val_loss < state["best_val"]:
+            state.update(
+                best_val=val_loss,
+                best_epoch=epoch + 1,
+                best_student={k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+            )
+        state.update(
+            epoch=epoch + 1,
+            config=cfg.to_dict(),
+            student=student.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+        )
+        save_atomic(state, out / "checkpoint.pt")
+        tqdm.write(
+            f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f}  "
+            f"held-out loss {val_loss:.4f}  ({time.perf_counter() - start:.1f} s)"
+        )
+    student.load_state_dict(state["best_student"])
+    return finish(cfg, out, teacher, student, splits, val_images, device, state)
+
+
+def finish(
+    cfg: TrainConfig,
+    out: Path,
+    teacher,
+    student,
+    splits: Splits,
+    val_images: np.ndarray,
+    device: torch.device,
+    state: dict,
+) -> dict:
+    """Calibrate on held-out good images, evaluate on the test split, write every output."""
+    maps_kw = {"combine": cfg.combine, "sigma": cfg.sigma, "device": str(device)}
+    val_scores = amap.image_scores(predict_maps(teacher, student, val_images, **maps_kw))
+    calibration = calibrate(val_scores, [s.category for s in splits.val], cfg.threshold_quantile)
+    report: dict = {}
+    if splits.test:
+        test_images = load_images(splits.test, cfg.image_size, "loading test")
+        maps = predict_maps(teacher, student, test_images, **maps_kw)
+        report = evaluate(splits.test, maps, load_masks(splits.test, cfg.image_size), calibration)
+        (out / "report.md").write_text(markdown_table(report))
+    write_json_atomic(out / "report.json", report)
+    torch.save(teacher.state_dict(), out / "teacher.pt")
+    torch.save(student.deployable_state_dict(), out / "student.pt")
+    training = {k: state[k] for k in ("best_epoch", "best_val", "history", "seconds")}
+    manifest = build_manifest(
+        cfg,
+        teacher.channels,
+        [4, 8, 16],
+        teacher_info(cfg),
+        splits.summary(),
+        calibration,
+        report,
+        training,
+    )
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
