@@ -1,0 +1,43 @@
+"""Shared fixtures: a small generated dataset and one tiny training run (random teacher, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcam.training.config import TrainConfig
+from dcam.training.synthetic import generate_dataset
+
+torch.set_num_threads(2)
+
+TINY = {"image_size": 64, "batch_size": 8, "teacher": "random", "device": "cpu", "sigma": 2.0}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(
+        root,
+        categories=["carpet", "nut"],
+        n_train=12,
+        n_test_good=3,
+        n_test_per_defect=2,
+        size=64,
+        seed=1,
+    )
+    return root
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{"data": (str(data),), "out": str(out), "epochs": 2, **TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dcam.training.train import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(tiny_config(synthetic_root, out))
+    return out

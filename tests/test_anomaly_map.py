@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from dcam.training import anomaly_map as amap
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((16, 20), (64, 48)), ((16, 20), (8, 10)), ((4, 4), (256, 256))]
+)
+def test_resize_matches_torch_bilinear(src: tuple, dst: tuple) -> None:
+    maps = np.random.default_rng(0).random((3, *src)).astype(np.float32)
+    ref = F.interpolate(
+        torch.from_numpy(maps)[:, None], size=dst, mode="bilinear", align_corners=False
+    )[:, 0].numpy()
+    np.testing.assert_allclose(amap.resize_bilinear(maps, dst), ref, atol=2e-6)
+
+
+def test_gaussian_matches_scipy_reflect() -> None:
+    x = np.random.default_rng(1).random((2, 40, 50)).astype(np.float32)
+    ref = np.stack(
+        [gaussian_filter(m.astype(np.float64), 4.0, mode="mirror", truncate=4.0) for m in x]
+    )
+    np.testing.assert_allclose(amap.gaussian_smooth(x, 4.0), ref, atol=1e-6)
+    assert amap.gaussian_smooth(x, 0.0) is x
+
+
+def test_cosine_distance_matches_torch() -> None:
+    rng = np.random.default_rng(2)
+    t, s = rng.normal(size=(2, 2, 8, 5, 5)).astype(np.float32)
+    ref = 1 - F.cosine_similarity(torch.from_numpy(t), torch.from_numpy(s), dim=1).numpy()
+    np.testing.assert_allclose(amap.cosine_distance(t, s), ref, atol=1e-6)
+    # FP16 inputs are computed in FP32
+    assert amap.cosine_distance(t.astype(np.float16), s.astype(np.float16)).dtype == np.float32
+
+
+def test_anomaly_map_combines_levels() -> None:
+    rng = np.random.default_rng(3)
+    t = [rng.normal(size=(1, 4, 8, 8)), rng.normal(size=(1, 4, 4, 4))]
+    s = [rng.normal(size=(1, 4, 8, 8)), rng.normal(size=(1, 4, 4, 4))]
+    levels = [
+        amap.resize_bilinear(amap.cosine_distance(a, b), (16, 16))
+        for a, b in zip(t, s, strict=True)
+    ]
+    np.testing.assert_allclose(amap.anomaly_map(t, s, (16, 16)), levels[0] + levels[1], rtol=1e-6)
+    np.testing.assert_allclose(
+        amap.anomaly_map(t, s, (16, 16), "product"), levels[0] * levels[1], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="combine"):
+        amap.anomaly_map(t, s, (16, 16), "mean")
+
+
+def test_scores_normalisation_and_decisions() -> None:
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, 1, 2] = 3.0
+    maps[1, 0, 0] = 1.0
+    scores = amap.image_scores(maps)
+    np.testing.assert_array_equal(scores, [3.0, 1.0])
+    z = amap.normalise_scores(scores, mean=1.0, std=0.5)
+    np.testing.assert_allclose(z, [4.0, 0.0])
+    np.testing.assert_array_equal(amap.decide(z, 2.0), [True, False])

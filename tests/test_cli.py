@@ -1,0 +1,93 @@
+"""The CLIs through click's CliRunner, with real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from dcam.training.cli import data_group, train_command
+
+
+def test_synth_writes_dataset_and_refuses_non_empty(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    args = [
+        "synth",
+        str(out),
+        "--categories",
+        "grid,capsule",
+        "--size",
+        "64",
+        "--n-train",
+        "4",
+        "--n-test-good",
+        "1",
+        "--n-test-per-defect",
+        "1",
+        "--seed",
+        "3",
+    ]
+    result = CliRunner().invoke(data_group, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "dataset.json").read_text())
+    assert sorted(summary["categories"]) == ["capsule", "grid"]
+    assert len(list((out / "grid" / "train" / "good").glob("*.png"))) == 4
+    again = CliRunner().invoke(data_group, args)
+    assert again.exit_code != 0 and "--force" in again.output
+
+
+def test_synth_unknown_category(tmp_path: Path) -> None:
+    result = CliRunner().invoke(data_group, ["synth", str(tmp_path / "x"), "--categories", "zz"])
+    assert result.exit_code != 0 and "zz" in result.output
+
+
+def test_train_command_end_to_end(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "--data",
+        str(synthetic_root),
+        "--out",
+        str(out),
+        "--teacher",
+        "random",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--dcam",
+        "spatial",
+        "--dcam-mode",
+        "side",
+        "--losses",
+        "cosine,spatial_cosine",
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code == 0, result.output
+    assert "| **mean** |" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["losses"] == ["cosine", "spatial_cosine"]
+    assert manifest["dcam"]["variant"] == "spatial"
+    refused = CliRunner().invoke(train_command, args)
+    assert refused.exit_code == 1 and "--force" in refused.output
+
+
+def test_train_command_errors_are_messages(synthetic_root: Path, tmp_path: Path) -> None:
+    base = ["--data", str(synthetic_root), "--out", str(tmp_path / "r"), "--device", "cpu"]
+    bad_loss = CliRunner().invoke(
+        train_command, [*base, "--teacher", "random", "--losses", "cosine,mse"]
+    )
+    assert bad_loss.exit_code == 1 and "mse" in bad_loss.output
+    bad_size = CliRunner().invoke(
+        train_command, [*base, "--teacher", "random", "--image-size", "100"]
+    )
+    assert bad_size.exit_code == 1 and "multiple of 32" in bad_size.output
+    no_weights = CliRunner().invoke(
+        train_command, [*base, "--teacher-weights", str(tmp_path / "missing.pth")]
+    )
+    assert no_weights.exit_code == 1 and "missing.pth" in no_weights.output
+    assert "Traceback" not in no_weights.output

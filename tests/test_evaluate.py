@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from dcam.training.data import Sample
+from dcam.training.evaluate import calibrate, evaluate, markdown_table
+
+
+def test_image_and_pixel_auroc_match_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    n = 12
+    samples = [
+        Sample(Path(f"{i}.png"), "a" if i % 2 else "b", "good" if i < 6 else "hole")
+        for i in range(n)
+    ]
+    masks = np.zeros((n, 16, 16), bool)
+    masks[6:, 4:9, 5:10] = True
+    maps = rng.random((n, 16, 16)).astype(np.float32) + masks * rng.random((n, 1, 1)) * 0.5
+    calibration = calibrate(maps.max(axis=(1, 2))[:6], [s.category for s in samples[:6]])
+    report = evaluate(samples, maps, masks, calibration)
+    for cat in ("a", "b"):
+        sel = np.array([s.category == cat for s in samples])
+        labels = np.array([s.is_anomalous for s in samples])[sel]
+        got = report["per_category"][cat]
+        assert got["image_auroc"] == pytest.approx(
+            roc_auc_score(labels, maps[sel].max(axis=(1, 2))), abs=1e-12
+        )
+        assert got["pixel_auroc"] == pytest.approx(
+            roc_auc_score(masks[sel].ravel(), maps[sel].ravel()), abs=1e-10
+        )
+    assert report["mean"]["image_auroc"] == pytest.approx(
+        np.mean([report["per_category"][c]["image_auroc"] for c in "ab"])
+    )
+    assert "| a |" in markdown_table(report)
+
+
+def test_calibration_thresholds_follow_the_quantile() -> None:
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 10.0, 20.0])
+    cal = calibrate(scores, ["x", "x", "x", "x", "y", "y"], quantile=1.0)
+    x = cal["per_category"]["x"]
+    assert x["mean"] == pytest.approx(2.5) and x["std"] == pytest.approx(np.std([1, 2, 3, 4]))
+    assert x["threshold"] == pytest.approx((4.0 - 2.5) / x["std"], rel=1e-6)
+    assert cal["global"]["n"] == 6

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dcam.training.losses import (
+    channel_cosine_loss,
+    distillation_loss,
+    spatial_cosine_loss,
+    spatial_kl_loss,
+    stfpm_l2_loss,
+)
+
+
+def _pixels(*vectors: list[float]) -> torch.Tensor:
+    """(1, C, 1, P) tensor whose P pixels hold the given channel vectors."""
+    return torch.tensor(vectors, dtype=torch.float32).T.reshape(1, len(vectors[0]), 1, -1)
+
+
+def test_channel_cosine_by_hand() -> None:
+    t = _pixels([1, 0], [1, 0], [3, 0])
+    s = _pixels([0, 1], [1, 1], [2, 0])
+    expected = ((1 - 0) + (1 - 1 / math.sqrt(2)) + (1 - 1)) / 3
+    assert channel_cosine_loss(t, s).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_spatial_kl_by_hand(temperature: float) -> None:
+    t = torch.tensor([0.0, math.log(3.0)]).view(1, 1, 1, 2)
+    s = torch.zeros(1, 1, 1, 2)
+    a = math.exp(math.log(3.0) / temperature)
+    p = [1 / (1 + a), a / (1 + a)]
+    expected = sum(pi * math.log(pi / 0.5) for pi in p) * temperature**2
+    assert spatial_kl_loss(t, s, temperature).item() == pytest.approx(expected, rel=1e-5)
+    assert spatial_kl_loss(t, t.clone(), temperature).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_spatial_cosine_by_hand() -> None:
+    t = torch.tensor([[1.0, 0.0], [1.0, 1.0]]).view(1, 2, 1, 2)  # channel 0: [1,0]; 1: [1,1]
+    s = torch.tensor([[0.0, 1.0], [2.0, 2.0]]).view(1, 2, 1, 2)
+    assert spatial_cosine_loss(t, s).item() == pytest.approx((1.0 + 0.0) / 2, abs=1e-6)
+
+
+def test_stfpm_l2_by_hand() -> None:
+    t = _pixels([2, 0], [1, 0])
+    s = _pixels([0, 5], [4, 0])
+    # orthogonal unit vectors: 0.5 * 2 = 1; equal directions: 0
+    assert stfpm_l2_loss(t, s).item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_distillation_sums_levels_and_losses() -> None:
+    t = [_pixels([1, 0]), _pixels([1, 0], [0, 1])]
+    s = [_pixels([0, 1]), _pixels([1, 0], [1, 0])]
+    expected = 1.0 + 0.5 + 1.0 + 0.5  # cosine + l2 on each level
+    got = distillation_loss(t, s, ["cosine", "l2"])
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="losses"):
+        distillation_loss(t, s, ["nope"])

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from dcam.training.errors import DcamError
+from dcam.training.model import FeatureExtractor, Normalize, Student, load_teacher
+
+
+def test_feature_levels_and_channels() -> None:
+    net = FeatureExtractor("resnet18")
+    feats = net(torch.randn(2, 3, 64, 64))
+    assert [f.shape[1:] for f in feats] == [(64, 16, 16), (128, 8, 8), (256, 4, 4)]
+    assert net.channels == [64, 128, 256]
+    assert not any(k.startswith(("layer4", "fc")) for k in net.state_dict())
+
+
+def test_wide_resnet_channels() -> None:
+    assert FeatureExtractor("wide_resnet50_2").channels == [256, 512, 1024]
+
+
+def test_teacher_from_torchvision_checkpoint(tmp_path: Path) -> None:
+    full = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(full.state_dict(), path)
+    teacher = load_teacher("resnet18", "imagenet", path)
+    torch.testing.assert_close(teacher.layer3[1].conv2.weight, full.layer3[1].conv2.weight)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+
+
+def test_teacher_weights_of_another_backbone_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wide.pth"
+    torch.save(FeatureExtractor("wide_resnet50_2").state_dict(), path)
+    with pytest.raises(DcamError, match="do not fit"):
+        load_teacher("resnet18", "imagenet", path)
+
+
+def test_imagenet_teacher_offline_refuses_with_alternatives(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache; nothing can be downloaded
+    with pytest.raises(DcamError, match="--teacher random") as info:
+        load_teacher("resnet18", "imagenet")
+    assert "--teacher-weights" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["side", "mask"])
+def test_deployed_student_has_no_dcam_weights(mode: str) -> None:
+    student = Student("resnet18", [64, 128, 256], "channel+spatial", mode)
+    assert any("dcam" in k for k in student.state_dict())
+    state = student.deployable_state_dict()
+    assert not any("dcam" in k for k in state)
+    FeatureExtractor("resnet18").load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    student.eval()
+    plain = FeatureExtractor("resnet18")
+    plain.load_state_dict(state)
+    plain.eval()
+    for a, b in zip(student(x), plain(x), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_inline_control_keeps_blocks_at_inference() -> None:
+    student = Student("resnet18", [64, 128, 256], "channel", "inline")
+    assert any("dcam" in k for k in student.deployable_state_dict())
+
+
+def test_mask_reading_reweights_both_with_mean_one_weights() -> None:
+    student = Student("resnet18", [64, 128, 256], "channel", "mask")
+    t = [torch.rand(2, c, 4, 4) for c in (64, 128, 256)]
+    s = [torch.rand(2, c, 4, 4) for c in (64, 128, 256)]
+    (plain_t, plain_s), (masked_t, masked_s) = student.loss_pairs(t, s)
+    assert plain_t is t and plain_s is s
+    for tt, mt, ss, ms in zip(t, masked_t, s, masked_s, strict=True):
+        w_t, w_s = mt / tt, ms / ss
+        torch.testing.assert_close(w_t, w_s)
+        torch.testing.assert_close(w_t.mean(dim=(1, 2, 3)), torch.ones(2), rtol=1e-4, atol=1e-4)
+
+
+def test_normalize_takes_uint8_nhwc() -> None:
+    images = torch.full((1, 4, 4, 3), 255, dtype=torch.uint8)
+    out = Normalize()(images)
+    assert out.shape == (1, 3, 4, 4)
+    torch.testing.assert_close(
+        out[0, :, 0, 0],
+        torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]),
+    )

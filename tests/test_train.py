@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dcam.training.config import TrainConfig
+from dcam.training.data import discover, load_images
+from dcam.training.errors import DcamError
+from dcam.training.model import Student, load_teacher
+from dcam.training.train import run_epoch, train
+from tests.conftest import tiny_config
+
+
+def test_a_few_steps_lower_the_loss(synthetic_root: Path) -> None:
+    cfg = tiny_config(synthetic_root, "unused", lr=0.1)
+    images = load_images(discover([synthetic_root]).train, 64)
+    torch.manual_seed(0)
+    teacher = load_teacher("resnet18", "random")
+    student = Student("resnet18", teacher.channels, cfg.dcam, cfg.dcam_mode)
+    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [
+        run_epoch(teacher, student, images, cfg, torch.device("cpu"), e, opt, scaler)
+        for e in range(4)
+    ]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_run_writes_weights_manifest_and_report(tiny_run: Path) -> None:
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    for key in (
+        "backbone",
+        "layers",
+        "input",
+        "mean",
+        "std",
+        "anomaly_map",
+        "normalization",
+        "dcam",
+        "losses",
+        "teacher",
+        "data",
+        "metrics",
+        "versions",
+        "training",
+    ):
+        assert key in manifest
+    assert manifest["teacher"]["source"] == "random"
+    assert manifest["dcam"] == {"variant": "channel", "mode": "mask", "in_deployed_student": False}
+    assert manifest["input"]["size"] == [64, 64]
+    glob = manifest["normalization"]["global"]
+    assert glob["std"] > 0 and set(manifest["normalization"]["per_category"]) == {"carpet", "nut"}
+    student = torch.load(tiny_run / "student.pt", weights_only=True)
+    assert not any("dcam" in k for k in student)
+    teacher = torch.load(tiny_run / "teacher.pt", weights_only=True)
+    assert set(teacher) == set(student)
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert set(report["per_category"]) == {"carpet", "nut"}
+    for values in report["per_category"].values():
+        assert 0.0 <= values["image_auroc"] <= 1.0 and 0.0 <= values["pro"] <= 1.0
+    assert "| **mean** |" in (tiny_run / "report.md").read_text()
+    assert TrainConfig.from_dict(json.loads((tiny_run / "config.json").read_text())).epochs == 2
+
+
+def test_resume_continues_exactly(synthetic_root: Path, tmp_path: Path) -> None:
+    straight = tiny_config(synthetic_root, tmp_path / "straight", epochs=3)
+    train(straight)
+    interrupted = tiny_config(synthetic_root, tmp_path / "resumed", epochs=2)
+    train(interrupted)  # as if stopped after epoch 2 of 3
+    resumed = tiny_config(synthetic_root, tmp_path / "resumed", epochs=3)
+    manifest = train(resumed, resume=True)
+    assert [h["epoch"] for h in manifest["training"]["history"]] == [1, 2, 3]
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["student"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["student"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def test_resume_refuses_changed_settings(tiny_run: Path, synthetic_root: Path) -> None:
+    with pytest.raises(DcamError, match="lr"):
+        train(tiny_config(synthetic_root, tiny_run, lr=0.01), resume=True)
+
+
+def test_existing_output_is_not_overwritten(tiny_run: Path, synthetic_root: Path) -> None:
+    before = (tiny_run / "student.pt").read_bytes()
+    with pytest.raises(DcamError, match="--force"):
+        train(tiny_config(synthetic_root, tiny_run))
+    assert (tiny_run / "student.pt").read_bytes() == before
+
+
+def test_best_epoch_is_the_lowest_held_out_loss(tiny_run: Path) -> None:
+    training = json.loads((tiny_run / "manifest.json").read_text())["training"]
+    losses = [h["val_loss"] for h in training["history"]]
+    assert training["best_epoch"] == int(np.argmin(losses)) + 1
