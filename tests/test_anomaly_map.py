@@ -63,3 +63,20 @@ def test_scores_normalisation_and_decisions() -> None:
     z = amap.normalise_scores(scores, mean=1.0, std=0.5)
     np.testing.assert_allclose(z, [4.0, 0.0])
     np.testing.assert_array_equal(amap.decide(z, 2.0), [True, False])
+
+
+def test_torch_tensors_give_the_numpy_result() -> None:
+    rng = np.random.default_rng(4)
+    t = [rng.normal(size=(2, 8, 8, 8)).astype(np.float32), rng.normal(size=(2, 8, 4, 4))]
+    s = [rng.normal(size=(2, 8, 8, 8)).astype(np.float32), rng.normal(size=(2, 8, 4, 4))]
+    ref = amap.anomaly_map(t, s, (32, 32), "sum", 2.0)
+    got = amap.anomaly_map(
+        [torch.from_numpy(a) for a in t], [torch.from_numpy(b) for b in s], (32, 32), "sum", 2.0
+    )
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(amap.image_scores(got).numpy(), amap.image_scores(ref), rtol=1e-6)
+    z = amap.normalise_scores(amap.image_scores(got), 1.0, 2.0)
+    np.testing.assert_allclose(
+        z.numpy(), amap.normalise_scores(amap.image_scores(ref), 1.0, 2.0), rtol=1e-5
+    )

@@ -1,9 +1,11 @@
-"""The anomaly-map maths, written once: numpy only, no torch, no dcam imports.
+"""The anomaly-map maths, written once: numpy, no dcam imports, torch optional.
 
-Training's in-process reference and the Triton post-processing model both use this file (the build
-copies it verbatim into the model repository, so a stock Triton container needs no dcam package).
-It reads teacher and student feature maps (N, C, h, w) per level and writes (N, H, W) maps, image
-scores, normalised scores and decisions.
+Training's in-process reference, the Triton post-processing model and the fused ONNX graph all use
+this file (the build copies it verbatim into the model repository, so a stock Triton container
+needs no dcam package). It reads teacher and student feature maps (N, C, h, w) per level and writes
+(N, H, W) maps, image scores, normalised scores and decisions. The map functions accept numpy
+arrays or torch tensors (CPU or GPU, and traceable into ONNX); resizing and smoothing are
+matrix products with matrices built here in numpy, so every path computes the same thing.
 """
 
 from __future__ import annotations
@@ -17,18 +19,38 @@ COMBINE_MODES = ("sum", "product")
 _EPS = 1e-8
 
 
-def cosine_distance(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+def _is_torch(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _float32(x):
+    return x.float() if _is_torch(x) else np.asarray(x, dtype=np.float32)
+
+
+def _like(matrix: np.ndarray, x):
+    """A numpy constant as the same kind of array as x (a tensor on x's device for torch)."""
+    if _is_torch(x):
+        import torch
+
+        return torch.as_tensor(matrix, device=x.device)
+    return matrix
+
+
+def cosine_distance(teacher, student):
     """Return 1 - cos over channels, (N, C, h, w) x2 -> (N, h, w), computed in float32.
 
     Float32 on purpose: squared norms of FP16 features overflow, so callers with half-precision
     features still get a stable map.
     """
-    t = np.asarray(teacher, dtype=np.float32)
-    s = np.asarray(student, dtype=np.float32)
-    if t.shape != s.shape or t.ndim != 4:
-        raise ValueError(f"teacher {t.shape} and student {s.shape} must both be (N, C, h, w)")
-    dot = np.einsum("nchw,nchw->nhw", t, s)
-    norms = np.sqrt(np.einsum("nchw,nchw->nhw", t, t) * np.einsum("nchw,nchw->nhw", s, s))
+    t, s = _float32(teacher), _float32(student)
+    if tuple(t.shape) != tuple(s.shape) or t.ndim != 4:
+        raise ValueError(
+            f"teacher {tuple(t.shape)} and student {tuple(s.shape)} must both be (N, C, h, w)"
+        )
+    dot = (t * s).sum(1)
+    norms = ((t * t).sum(1) * (s * s).sum(1)) ** 0.5
+    if _is_torch(norms):
+        return 1.0 - dot / norms.clamp_min(_EPS)
     return (1.0 - dot / np.maximum(norms, _EPS)).astype(np.float32)
 
 
@@ -50,11 +72,11 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     return mat.astype(np.float32)
 
 
-def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_bilinear(maps, size: tuple[int, int]):
     """Upsample (N, h, w) maps to (N, H, W) exactly as torch's bilinear (align_corners=False)."""
-    rows = bilinear_matrix(size[0], maps.shape[1])
-    cols = bilinear_matrix(size[1], maps.shape[2])
-    return np.einsum("Hh,nhw,Ww->nHW", rows, maps, cols, optimize=True).astype(np.float32)
+    rows = _like(bilinear_matrix(int(size[0]), int(maps.shape[1])), maps)
+    cols = _like(bilinear_matrix(int(size[1]), int(maps.shape[2])).T.copy(), maps)
+    return rows @ maps @ cols
 
 
 @lru_cache(maxsize=32)
@@ -75,22 +97,22 @@ def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
     return mat.astype(np.float32)
 
 
-def gaussian_smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_smooth(maps, sigma: float):
     """Separable Gaussian blur of (N, H, W) maps; sigma <= 0 returns the maps unchanged."""
     if sigma <= 0:
         return maps
-    rows = gaussian_matrix(maps.shape[1], float(sigma))
-    cols = gaussian_matrix(maps.shape[2], float(sigma))
-    return np.einsum("Hh,nhw,Ww->nHW", rows, maps, cols, optimize=True).astype(np.float32)
+    rows = _like(gaussian_matrix(int(maps.shape[1]), float(sigma)), maps)
+    cols = _like(gaussian_matrix(int(maps.shape[2]), float(sigma)).T.copy(), maps)
+    return rows @ maps @ cols
 
 
 def anomaly_map(
-    teacher_features: Sequence[np.ndarray],
-    student_features: Sequence[np.ndarray],
+    teacher_features: Sequence,
+    student_features: Sequence,
     size: tuple[int, int],
     combine: str = "sum",
     sigma: float = 0.0,
-) -> np.ndarray:
+):
     """Per-level 1 - cos, upsampled to `size`, combined by sum or product, optionally smoothed."""
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
@@ -108,16 +130,17 @@ def anomaly_map(
     return gaussian_smooth(total, sigma)
 
 
-def image_scores(maps: np.ndarray) -> np.ndarray:
+def image_scores(maps):
     """Image score = max of its anomaly map, (N, H, W) -> (N,)."""
-    return maps.reshape(maps.shape[0], -1).max(axis=1)
+    flat = maps.reshape(maps.shape[0], -1)
+    return flat.amax(1) if _is_torch(flat) else flat.max(axis=1)
 
 
-def normalise_scores(scores: np.ndarray, mean: float, std: float) -> np.ndarray:
+def normalise_scores(scores, mean: float, std: float):
     """Standardise raw scores with the statistics of held-out good images (z-scores)."""
-    return ((np.asarray(scores, dtype=np.float32) - mean) / max(std, _EPS)).astype(np.float32)
+    return (_float32(scores) - mean) / max(std, _EPS)
 
 
-def decide(normalised: np.ndarray, threshold: float) -> np.ndarray:
+def decide(normalised, threshold: float):
     """True where a normalised score exceeds the decision threshold."""
-    return np.asarray(normalised) > threshold
+    return normalised > threshold
