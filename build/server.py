@@ -1,0 +1,192 @@
+"""Start and stop the real `tritonserver` that ships in the `nvidia-pytriton` wheel.
+
+For machines without Docker or a GPU: the wheel carries a Triton 2.51 binary, the Python backend
+and per-Python stubs. We lay them out in a work folder as Triton expects (the stub for this
+interpreter under backends/python), put this virtualenv's bin/ first on PATH so the stub's
+interpreter sees its site-packages, bind to 127.0.0.1, and wait until the models are ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dcam.build.errors import BuildError
+
+
+class ServerError(BuildError):
+    """tritonserver could not start, or a model failed to load; carries the server's own log."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repository: Path
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    http_port: int = 0  # 0: pick a free port
+    grpc_port: int = 0
+    metrics_port: int = 0
+    ready_timeout_s: float = 120.0
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("nvidia-pytriton is not installed: pip install 'nvidia-pytriton==0.7.0'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def prepare_runtime(work: Path) -> Path:
+    """Lay out bin/, backends/ and caches/ with this interpreter's Python stub; returns work."""
+    src = _pytriton_root() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = src / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the pytriton wheel has no Python backend stub for Python {version}")
+    shutil.copytree(
+        src, work, ignore=shutil.ignore_patterns("python_backend_stubs"), dirs_exist_ok=True
+    )
+    shutil.copy2(stub, work / "backends" / "python" / "triton_python_backend_stub")
+    return work
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    libs = _pytriton_root().parent / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+class TritonServer:
+    """A running tritonserver; use as a context manager so it always stops."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.ports = {
+            name: getattr(config, f"{name}_port") or free_port(config.host)
+            for name in ("http", "grpc", "metrics")
+        }
+        self._work = Path(tempfile.mkdtemp(prefix="dcam-triton-"))
+        self.log_path = self._work / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.config.host}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.ports['grpc']}"
+
+    def start(self) -> TritonServer:
+        repo = Path(self.config.repository)
+        if not repo.is_dir():
+            raise ServerError(f"model repository {repo} does not exist")
+        for name, port in self.ports.items():
+            if port_in_use(self.config.host, port):
+                raise ServerError(f"{name} port {port} on {self.config.host} is already in use")
+        runtime = prepare_runtime(self._work / "runtime")
+        cmd = [
+            str(runtime / "bin" / "tritonserver"),
+            f"--model-repository={repo.resolve()}",
+            f"--backend-directory={runtime / 'backends'}",
+            f"--cache-directory={runtime / 'caches'}",
+            f"--http-address={self.config.host}",
+            f"--http-port={self.ports['http']}",
+            f"--grpc-address={self.config.host}",
+            f"--grpc-port={self.ports['grpc']}",
+            f"--metrics-address={self.config.host}",
+            f"--metrics-port={self.ports['metrics']}",
+            "--allow-metrics=true",
+            f"--log-verbose={self.config.log_verbose}",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            *self.config.extra_args,
+        ]
+        log = self.log_path.open("wb")
+        # Own process group, so stopping it also ends the Python backend stubs.
+        self.process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+        )
+        self.wait_ready()
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if _is_ready(url):
+                return
+            time.sleep(0.2)
+        tail = self.log_tail()
+        self.stop()
+        raise ServerError(
+            f"tritonserver not ready after {self.config.ready_timeout_s:.0f} s:\n{tail}"
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL what is left; remove the work dir."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc is not None:
+            # Stubs that outlive the server would keep shared memory alive.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(self._work / "runtime", ignore_errors=True)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
