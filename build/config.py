@@ -1,0 +1,60 @@
+"""The build stage's configuration: one frozen dataclass, mapped 1:1 onto `dcam-build` flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from dcam.build.errors import BuildError
+
+TARGETS = ("auto", "cpu", "trt")
+LAYOUTS = ("ensemble", "fused")
+BUILDERS = ("python", "trtexec")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    run_dir: str
+    out: str
+    target: str = "auto"  # auto: trt where TensorRT and a CUDA GPU are present, else cpu
+    layout: str = "ensemble"  # ensemble: teacher || student -> postprocess; fused: one graph
+    max_batch_size: int = 32
+    opt_batch_size: int = 8  # TensorRT profile optimum and Triton's preferred batch size
+    min_batch_size: int = 1
+    queue_delay_us: int = 2000  # bounded wait for dynamic batching to fill a batch
+    instances: int = 1  # instances per model
+    threads: int = 0  # ONNX Runtime intra-op threads per session; 0: cores / sessions
+    workspace_mib: int = 4096  # TensorRT builder workspace
+    timing_cache: str | None = None  # TensorRT timing cache file (default: <out>.timing.cache)
+    builder: str = "python"  # TensorRT Python API, or trtexec from NVIDIA's containers
+    tolerance: float = 1e-4  # max relative error ONNX Runtime vs PyTorch (FP32)
+    fp16_tolerance: float = 2e-2  # max relative error of FP16 engines vs ONNX Runtime FP32
+    opset: int = 17
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("target", self.target, TARGETS),
+            ("layout", self.layout, LAYOUTS),
+            ("builder", self.builder, BUILDERS),
+        ):
+            if value not in choices:
+                raise BuildError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+        if not 1 <= self.min_batch_size <= self.opt_batch_size <= self.max_batch_size:
+            raise BuildError(
+                "need 1 <= min_batch_size <= opt_batch_size <= max_batch_size, got "
+                f"{self.min_batch_size}, {self.opt_batch_size}, "
+                f"{self.max_batch_size}"
+            )
+        if self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
+            raise BuildError("instances must be >= 1, queue_delay_us and threads >= 0")
+
+    def session_threads(self, sessions: int) -> int:
+        """ONNX Runtime threads per session, sized so concurrent sessions share the cores."""
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // max(sessions, 1))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

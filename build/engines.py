@@ -1,0 +1,219 @@
+"""`dcam-build engines`: a training run in, a Triton model repository out.
+
+Reads RUN_DIR (`manifest.json`, `teacher.pt`, `student.pt`); writes OUT with the models, their
+configs, the training manifest and `build_report.json` (versions, shapes, parity errors,
+timings). Everything is assembled in a temporary folder beside OUT and renamed at the end, so a
+failed build leaves nothing that looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from dcam.build import repository as repo_mod
+from dcam.build import trt
+from dcam.build.config import BuildConfig
+from dcam.build.errors import BuildError
+from dcam.build.export import FUSED_OUTPUTS, FusedNet, export_onnx, level_names, load_feature_net
+from dcam.build.parity import check_onnx, onnxruntime_session, output_errors, parity_images
+from dcam.build.simplify import onnx_io, simplify_onnx
+from dcam.training.manifest import read_manifest, versions, write_json_atomic
+
+
+def resolve_target(target: str) -> str:
+    """auto picks trt only where it can run; an explicit trt without its parts is an error."""
+    missing = trt.missing_for_trt()
+    if target == "auto":
+        return "cpu" if missing else "trt"
+    if target == "trt" and missing:
+        raise BuildError(
+            f"--target trt needs {' and '.join(missing)}; build with --target cpu "
+            "(ONNX Runtime in Triton's Python backend) or run in NVIDIA's Triton "
+            "container on a GPU machine"
+        )
+    return target
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and not force:
+        raise BuildError(f"{out} exists; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"cannot create {out.parent}: {exc}") from exc
+    if not os.access(out.parent, os.W_OK):
+        raise BuildError(f"{out.parent} is not writable")
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def _export_checked(
+    net, name: str, outputs: list[str], work: Path, manifest: dict, cfg: BuildConfig, report: dict
+) -> Path:
+    """Export, simplify, check against PyTorch; returns the simplified ONNX path."""
+    start = time.perf_counter()
+    raw = export_onnx(net, work / f"{name}.raw.onnx", outputs, manifest["input"]["size"], cfg.opset)
+    simple = work / f"{name}.onnx"
+    nodes = simplify_onnx(raw, simple)
+    parity = check_onnx(net, simple, outputs, manifest["input"]["size"][0], cfg.tolerance)
+    report["models"][name] = {
+        "onnx_nodes": nodes,
+        "onnxruntime_vs_pytorch": parity,
+        "io": onnx_io(simple),
+        "seconds": time.perf_counter() - start,
+    }
+    return simple
+
+
+def _place_engine(
+    onnx_path: Path,
+    version: Path,
+    target: str,
+    cfg: BuildConfig,
+    out: Path,
+    report: dict,
+    name: str,
+) -> None:
+    """CPU: the ONNX graph itself; TRT: an FP16 plan checked against ONNX Runtime FP32."""
+    shutil.copy2(onnx_path, version / "model.onnx")
+    if target != "trt":
+        return
+    io = report["models"][name]["io"]
+    image = io["inputs"][0]
+    shapes = {
+        image["name"]: tuple(
+            (b, *image["dims"])
+            for b in (cfg.min_batch_size, cfg.opt_batch_size, cfg.max_batch_size)
+        )
+    }
+    cache = Path(cfg.timing_cache or f"{out}.timing.cache")
+    build = trt.build_engine_trtexec if cfg.builder == "trtexec" else trt.build_engine_python
+    build(onnx_path, version / "model.plan", shapes, cfg.workspace_mib, cache)
+    images = parity_images(image["dims"][0])["generated"]
+    names = [o["name"] for o in io["outputs"]]
+    ref = onnxruntime_session(onnx_path).run(names, {image["name"]: images})
+    got = trt.run_engine(version / "model.plan", {image["name"]: images}, names)
+    errors = output_errors(ref, got, names)
+    report["models"][name]["tensorrt_fp16_vs_onnxruntime_fp32"] = errors
+    worst = max(e["max_rel"] for e in errors.values())
+    if worst > cfg.fp16_tolerance:
+        raise BuildError(
+            f"{name}: FP16 engine differs from ONNX Runtime FP32 by {worst:.2e} "
+            f"(relative) > {cfg.fp16_tolerance}"
+        )
+
+
+def _serving_params(cfg: BuildConfig, target: str, sessions: int, extra: dict | None = None):
+    params = {"intra_op_threads": str(cfg.session_threads(sessions))} if target == "cpu" else {}
+    return {**params, **(extra or {})}
+
+
+def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
+    levels = level_names(manifest)
+    for role in ("teacher", "student"):
+        net = load_feature_net(run_dir, manifest, role)
+        onnx_path = _export_checked(net, role, levels, work, manifest, cfg, report)
+        io = report["models"][role]["io"]
+        config = repo_mod.model_config(role, io, cfg, target, _serving_params(cfg, target, 2))
+        sources = {"model.py": repo_mod.template("onnx_runner.py")} if target == "cpu" else {}
+        version = repo_mod.write_model(tmp, role, config, sources)
+        _place_engine(onnx_path, version, target, cfg, tmp, report, role)
+    teacher_io = report["models"]["teacher"]["io"]
+    post_io = repo_mod.postprocess_io(manifest, teacher_io)
+    post_cfg = repo_mod.model_config(
+        "postprocess",
+        post_io,
+        cfg,
+        target,
+        repo_mod.postprocess_params(manifest, teacher_io, target),
+        python=True,
+    )
+    repo_mod.write_postprocess(tmp, post_cfg)
+    repo_mod.write_model(
+        tmp,
+        "dcam",
+        repo_mod.ensemble_config(
+            "dcam", teacher_io["inputs"][0], teacher_io, post_io, cfg.max_batch_size
+        ),
+    )
+
+
+def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
+    net = FusedNet(
+        load_feature_net(run_dir, manifest, "teacher"),
+        load_feature_net(run_dir, manifest, "student"),
+        manifest,
+    ).eval()
+    onnx_path = _export_checked(net, "dcam", list(FUSED_OUTPUTS), work, manifest, cfg, report)
+    io = report["models"]["dcam"]["io"]
+    extra = {"score_output": "score", "decision_output": "is_anomalous"}
+    config = repo_mod.model_config("dcam", io, cfg, target, _serving_params(cfg, target, 1, extra))
+    sources = {"model.py": repo_mod.template("onnx_runner.py")} if target == "cpu" else {}
+    version = repo_mod.write_model(tmp, "dcam", config, sources)
+    _place_engine(onnx_path, version, target, cfg, tmp, report, "dcam")
+
+
+def build_repository(cfg: BuildConfig) -> dict:
+    """Run the whole build; returns the build report also written to OUT/build_report.json."""
+    start = time.perf_counter()
+    run_dir, out = Path(cfg.run_dir), Path(cfg.out)
+    manifest = read_manifest(run_dir)
+    target = resolve_target(cfg.target)
+    tmp = _prepare_out(out, cfg.force)
+    report: dict = {
+        "config": cfg.to_dict(),
+        "target": target,
+        "layout": cfg.layout,
+        "run_dir": str(run_dir.resolve()),
+        "models": {},
+        "versions": _versions(),
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="dcam-onnx-") as work:
+            writer = _write_fused if cfg.layout == "fused" else _write_ensemble
+            writer(manifest, run_dir, cfg, target, Path(work), tmp, report)
+        if target == "trt":
+            report["gpu"] = trt.gpu_info()
+        report["seconds"] = time.perf_counter() - start
+        write_json_atomic(tmp / "manifest.json", manifest)
+        write_json_atomic(tmp / "build_report.json", report)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import onnxsim
+
+    return {
+        **versions(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": onnxsim.__version__,
+    }
+
+
+def worst_errors(report: dict) -> dict[str, float]:
+    """The largest relative ONNX Runtime vs PyTorch error per model, for a one-line summary."""
+    return {
+        name: max(
+            e["max_rel"] for kind in m["onnxruntime_vs_pytorch"].values() for e in kind.values()
+        )
+        for name, m in report["models"].items()
+    }
+
+
+def read_build_report(repo: Path) -> dict:
+    path = Path(repo) / "build_report.json"
+    if not path.is_file():
+        raise BuildError(f"{path} does not exist: is {repo} a dcam-build output?")
+    return json.loads(path.read_text())

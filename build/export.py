@@ -1,0 +1,108 @@
+"""Load a training run and export its nets to ONNX with the image preprocessing folded in.
+
+Reads `teacher.pt`, `student.pt` and `manifest.json`; writes `teacher.onnx`, `student.onnx` (UINT8
+NHWC images in, the three feature levels out, dynamic batch) and, for the fused layout, one
+`dcam.onnx` whose outputs are the anomaly map, the normalised score and the decision.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dcam.build.errors import BuildError
+from dcam.training import anomaly_map as amap
+from dcam.training.model import FeatureExtractor, Normalize
+
+IMAGE = "IMAGE"
+FUSED_OUTPUTS = ("anomaly_map", "score", "is_anomalous")
+
+
+def level_names(manifest: dict) -> list[str]:
+    return list(manifest["layers"])
+
+
+class FeatureNet(nn.Module):
+    """UINT8 NHWC images -> the level features: what Triton's teacher/student models serve."""
+
+    def __init__(self, backbone: str, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = FeatureExtractor(backbone)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.net(self.normalize(images)))
+
+
+class FusedNet(nn.Module):
+    """Teacher, student and the anomaly-map maths in one graph (no Python hop in serving)."""
+
+    def __init__(self, teacher: FeatureNet, student: FeatureNet, manifest: dict) -> None:
+        super().__init__()
+        self.teacher, self.student = teacher, student
+        self.size = tuple(manifest["input"]["size"])
+        self.combine = manifest["anomaly_map"]["combine"]
+        self.sigma = float(manifest["anomaly_map"]["gaussian_sigma"])
+        glob = manifest["normalization"]["global"]
+        self.mean, self.std, self.threshold = glob["mean"], glob["std"], glob["threshold"]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps = amap.anomaly_map(
+            self.teacher(images), self.student(images), self.size, self.combine, self.sigma
+        )
+        score = amap.normalise_scores(amap.image_scores(maps), self.mean, self.std)
+        return maps, score[:, None], amap.decide(score, self.threshold)[:, None]
+
+
+def _load_weights(path: Path, backbone: str) -> dict:
+    if not path.is_file():
+        raise BuildError(f"{path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BuildError(f"cannot read {path}: {exc}") from exc
+    if any(k.startswith("dcam.") for k in state):
+        raise BuildError(
+            f"{path} holds DCAM blocks (the inline control reading); only students "
+            "without blocks can be built"
+        )
+    return state
+
+
+def load_feature_net(run_dir: Path, manifest: dict, role: str) -> FeatureNet:
+    """teacher.pt or student.pt as a FeatureNet; refuses weights of another backbone."""
+    net = FeatureNet(manifest["backbone"], manifest["mean"], manifest["std"])
+    state = _load_weights(Path(run_dir) / manifest["files"][role], manifest["backbone"])
+    try:
+        net.net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BuildError(
+            f"{role} weights do not match the manifest's backbone "
+            f"{manifest['backbone']!r}: {str(exc).splitlines()[0]}"
+        ) from exc
+    return net.eval()
+
+
+def export_onnx(
+    net: nn.Module, path: Path, output_names: list[str], size: list[int], opset: int = 17
+) -> Path:
+    """Trace `net` with a dynamic batch axis; the legacy exporter keeps the graph plain."""
+    example = torch.zeros((2, size[0], size[1], 3), dtype=torch.uint8)
+    axes = {name: {0: "batch"} for name in [IMAGE, *output_names]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            input_names=[IMAGE],
+            output_names=output_names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    return path
