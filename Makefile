@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= training,dev
+EXTRAS ?= training,build,client,dev
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
+DEMO_REPO ?= model_repository/demo
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
 
@@ -19,13 +20,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-# Main job on the embedded default: synthetic production-line data, train, evaluate, print table.
+# Main job on the embedded default: synthetic production-line data, train and evaluate, build the
+# Triton model repository (CPU target) and verify it in the real tritonserver.
 # The teacher is random because nothing can be downloaded here; with ImageNet weights available,
 # drop --teacher random.
 demo: setup
 	$(BIN)/dcam-data synth $(DEMO_DATA) --size $(DEMO_SIZE) --n-train 40 --seed 0 --force
 	$(BIN)/dcam-train --data $(DEMO_DATA) --out $(DEMO_RUN) --teacher random \
 	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --force
+	$(BIN)/dcam-build engines $(DEMO_RUN) --out $(DEMO_REPO) --force
+	$(BIN)/dcam-build verify $(DEMO_REPO)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -41,3 +41,21 @@ def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("run") / "run"
     train(tiny_config(synthetic_root, out))
     return out
+
+
+def _build(run: Path, out: Path, layout: str) -> Path:
+    from dcam.build.config import BuildConfig
+    from dcam.build.engines import build_repository
+
+    build_repository(BuildConfig(run_dir=str(run), out=str(out), target="cpu", layout=layout))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ensemble_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tiny_run, tmp_path_factory.mktemp("repos") / "ensemble", "ensemble")
+
+
+@pytest.fixture(scope="session")
+def fused_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tiny_run, tmp_path_factory.mktemp("repos") / "fused", "fused")

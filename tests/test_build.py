@@ -1,0 +1,178 @@
+"""dcam-build on a tiny training run: ONNX parity, configs, errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from dcam.build.cli import build_group
+from dcam.build.config import BuildConfig
+from dcam.build.engines import build_repository, resolve_target, worst_errors
+from dcam.build.errors import BuildError
+from dcam.build.trt import missing_for_trt, trtexec_command
+from dcam.training.errors import DcamError
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_ensemble_repository_layout_and_parity(ensemble_repo: Path) -> None:
+    report = json.loads((ensemble_repo / "build_report.json").read_text())
+    assert report["target"] == "cpu"
+    assert set(report["models"]) == {"teacher", "student"}
+    for err in worst_errors(report).values():
+        assert err < 1e-4
+    assert (ensemble_repo / "postprocess" / "1" / "anomaly_map.py").read_text() == (
+        Path(__file__).parents[1] / "training" / "anomaly_map.py"
+    ).read_text()
+    for name in ("teacher", "student", "postprocess", "dcam"):
+        assert (ensemble_repo / name / "config.pbtxt").is_file()
+        assert (ensemble_repo / name / "1").is_dir()
+    assert json.loads((ensemble_repo / "manifest.json").read_text())["backbone"] == "resnet18"
+
+
+def test_configs_parse_back_field_by_field(ensemble_repo: Path) -> None:
+    manifest = json.loads((ensemble_repo / "manifest.json").read_text())
+    teacher = parse_config(ensemble_repo / "teacher" / "config.pbtxt")
+    assert teacher.backend == "python" and teacher.max_batch_size == 32
+    assert [(i.name, i.data_type, list(i.dims)) for i in teacher.input] == [
+        ("IMAGE", model_config_pb2.TYPE_UINT8, [64, 64, 3])
+    ]
+    assert [(o.name, list(o.dims)) for o in teacher.output] == [
+        ("layer1", [64, 16, 16]),
+        ("layer2", [128, 8, 8]),
+        ("layer3", [256, 4, 4]),
+    ]
+    assert list(teacher.dynamic_batching.preferred_batch_size) == [8, 32]
+    assert teacher.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert teacher.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert int(teacher.parameters["intra_op_threads"].string_value) >= 1
+    assert teacher.model_warmup[0].batch_size == 1
+    post = parse_config(ensemble_repo / "postprocess" / "config.pbtxt")
+    params = {k: v.string_value for k, v in post.parameters.items()}
+    glob = manifest["normalization"]["global"]
+    assert float(params["threshold"]) == glob["threshold"]
+    assert float(params["score_mean"]) == glob["mean"]
+    assert float(params["sigma"]) == manifest["anomaly_map"]["gaussian_sigma"]
+    assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "yes"
+    assert [o.name for o in post.output] == ["anomaly_map", "score", "is_anomalous"]
+    assert list(post.output[0].dims) == [64, 64]
+    assert post.output[2].data_type == model_config_pb2.TYPE_BOOL
+
+
+def test_ensemble_steps_consume_only_what_exists(ensemble_repo: Path) -> None:
+    ensemble = parse_config(ensemble_repo / "dcam" / "config.pbtxt")
+    assert ensemble.platform == "ensemble"
+    available = {i.name for i in ensemble.input}
+    for step in ensemble.ensemble_scheduling.step:
+        model = parse_config(ensemble_repo / step.model_name / "config.pbtxt")
+        assert set(step.input_map) == {i.name for i in model.input}
+        assert set(step.input_map.values()) <= available
+        assert set(step.output_map) <= {o.name for o in model.output}
+        available |= set(step.output_map.values())
+    assert {o.name for o in ensemble.output} <= available
+
+
+def test_fused_repository(fused_repo: Path) -> None:
+    assert sorted(p.name for p in fused_repo.iterdir() if p.is_dir()) == ["dcam"]
+    config = parse_config(fused_repo / "dcam" / "config.pbtxt")
+    assert [o.name for o in config.output] == ["anomaly_map", "score", "is_anomalous"]
+    report = json.loads((fused_repo / "build_report.json").read_text())
+    assert worst_errors(report)["dcam"] < 1e-4
+
+
+def test_existing_output_needs_force(tiny_run: Path, ensemble_repo: Path) -> None:
+    with pytest.raises(BuildError, match="--force"):
+        build_repository(BuildConfig(run_dir=str(tiny_run), out=str(ensemble_repo)))
+
+
+def _assert_nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp")]
+
+
+def test_missing_and_malformed_manifest(tmp_path: Path, tiny_run: Path) -> None:
+    out = tmp_path / "repo"
+    with pytest.raises(DcamError, match=r"manifest\.json does not exist"):
+        build_repository(BuildConfig(run_dir=str(tmp_path), out=str(out)))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "manifest.json").write_text("{not json")
+    with pytest.raises(DcamError, match="not valid JSON"):
+        build_repository(BuildConfig(run_dir=str(run), out=str(out)))
+    (run / "manifest.json").write_text(json.dumps({"manifest_version": 1}))
+    with pytest.raises(DcamError, match="lacks the key"):
+        build_repository(BuildConfig(run_dir=str(run), out=str(out)))
+    _assert_nothing_written(out)
+
+
+def test_weights_of_another_backbone_leave_nothing_behind(tmp_path: Path, tiny_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["backbone"] = "wide_resnet50_2"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "repo"
+    with pytest.raises(BuildError, match="do not match the manifest's backbone"):
+        build_repository(BuildConfig(run_dir=str(run), out=str(out)))
+    _assert_nothing_written(out)
+
+
+def test_unwritable_output(tmp_path: Path, tiny_run: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BuildError, match="cannot create"):
+        build_repository(BuildConfig(run_dir=str(tiny_run), out=str(blocker / "repo")))
+
+
+def test_inline_student_is_refused(tmp_path: Path, tiny_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    state = torch.load(run / "student.pt", weights_only=True)
+    state["dcam.0.channel.mlp.0.weight"] = torch.zeros(8, 64, 1, 1)
+    torch.save(state, run / "student.pt")
+    with pytest.raises(BuildError, match="inline"):
+        build_repository(BuildConfig(run_dir=str(run), out=str(tmp_path / "repo")))
+
+
+@pytest.mark.skipif(not missing_for_trt(), reason="TensorRT and a GPU are present")
+def test_trt_target_names_what_is_missing() -> None:
+    with pytest.raises(BuildError, match="--target cpu") as info:
+        resolve_target("trt")
+    assert "tensorrt" in str(info.value) or "CUDA" in str(info.value)
+    assert resolve_target("auto") == "cpu"
+
+
+def test_trtexec_command_profile() -> None:
+    cmd = trtexec_command(
+        Path("m.onnx"),
+        Path("m.plan"),
+        {"IMAGE": ((1, 64, 64, 3), (8, 64, 64, 3), (32, 64, 64, 3))},
+        1024,
+        Path("t.cache"),
+    )
+    assert "--fp16" in cmd
+    assert "--minShapes=IMAGE:1x64x64x3" in cmd and "--maxShapes=IMAGE:32x64x64x3" in cmd
+    assert "--memPoolSize=workspace:1024M" in cmd
+
+
+def test_bad_batch_settings() -> None:
+    with pytest.raises(BuildError, match="opt_batch_size"):
+        BuildConfig(run_dir="r", out="o", opt_batch_size=64, max_batch_size=32)
+
+
+def test_cli_reports_errors_as_messages(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        build_group, ["engines", str(tmp_path), "--out", str(tmp_path / "repo"), "--target", "cpu"]
+    )
+    assert result.exit_code == 1
+    assert "manifest.json does not exist" in result.output
+    assert "Traceback" not in result.output
