@@ -1,0 +1,238 @@
+"""Command line: `dcam-client score --dir DIR` (and `dcam-client auroc` for labelled folders).
+
+Only this layer turns library errors into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from dcam.client.errors import ClientError
+from dcam.client.files import HotFolder, list_files
+from dcam.client.heatmap import heatmap_path, render_heatmap
+from dcam.client.results import Result, ResultWriter, done_paths, read_results
+from dcam.client.score import ScoreConfig, Scorer
+from dcam.training.images import load_image
+
+
+class Tally:
+    """Counts and latencies for the closing summary."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.files = self.anomalous = 0
+        self.failures: list[Result] = []
+        self.latencies: list[float] = []
+
+    def add(self, result: Result) -> None:
+        self.files += 1
+        if not result.ok:
+            self.failures.append(result)
+            return
+        self.anomalous += bool(result.is_anomalous)
+        self.latencies.append(result.latency_ms)
+
+    def summary(self) -> str:
+        seconds = time.perf_counter() - self.start
+        lat = np.percentile(self.latencies, [50, 95, 99]) if self.latencies else [0, 0, 0]
+        return (
+            f"files {self.files}, anomalous {self.anomalous}, failures "
+            f"{len(self.failures)}, {self.files / max(seconds, 1e-9):.1f} images/s, "
+            f"request latency p50/p95/p99 {lat[0]:.0f}/{lat[1]:.0f}/{lat[2]:.0f} ms"
+        )
+
+
+def _write_heatmap(result: Result, folder: Path, root: Path, size: int) -> None:
+    image = load_image(result.path, size)
+    m = result.anomaly_map
+    png = render_heatmap(
+        image, m, result.score, result.is_anomalous, float(m.min()), float(m.max())
+    )
+    out = heatmap_path(folder, result.path, root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png.save(out)
+
+
+async def _run(
+    paths: list[Path],
+    cfg: ScoreConfig,
+    writer: ResultWriter,
+    tally: Tally,
+    heatmaps: Path | None,
+    root: Path,
+    hot: HotFolder | None,
+) -> None:
+    scorer = Scorer(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await scorer.start()
+        tally.start = time.perf_counter()  # throughput of scoring, not of waiting for a server
+        bar = tqdm(total=len(paths), unit="img", dynamic_ncols=True)
+        batches = [paths]
+        while batches and not stop.is_set():
+            async for result in scorer.stream(batches.pop()):
+                writer.write(result)
+                tally.add(result)
+                if heatmaps is not None and result.ok:
+                    _write_heatmap(result, heatmaps, root, scorer.size[0])
+                bar.update(1)
+                bar.set_postfix(anomalous=tally.anomalous, failed=len(tally.failures))
+            while hot is not None and not batches and not stop.is_set():
+                new = hot.poll()
+                if new:
+                    bar.total += len(new)
+                    batches.append(new)
+                else:
+                    await asyncio.wait([asyncio.create_task(stop.wait())], timeout=1.0)
+        bar.close()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await scorer.close()
+
+
+@click.group()
+def client_group() -> None:
+    """Score production-line images with a dcam model served by Triton."""
+
+
+@client_group.command("score", context_settings={"show_default": True})
+@click.option(
+    "--dir",
+    "root",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of images to score.",
+)
+@click.option("--recursive", is_flag=True, help="Also score images in sub-folders.")
+@click.option("--glob", "pattern", default="*", help="Only paths (relative to --dir) matching.")
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    default=("127.0.0.1:8001",),
+    help="Triton server host:port; repeat to spread batches over several servers.",
+)
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc")
+@click.option("--batch-size", type=int, default=8)
+@click.option("--concurrency", type=int, default=4, help="Requests in flight.")
+@click.option("--workers", type=int, default=max(2, os.cpu_count() or 2), help="Decoders.")
+@click.option(
+    "--output",
+    default="scores.jsonl",
+    type=click.Path(dir_okay=False),
+    help="Results file, .jsonl or .csv, written as results arrive.",
+)
+@click.option(
+    "--heatmaps",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for PNG heatmap overlays.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Override the deployed decision threshold (normalised score).",
+)
+@click.option("--model", default="dcam")
+@click.option("--timeout", type=float, default=30.0, help="Per-request timeout in seconds.")
+@click.option("--retries", type=int, default=6, help="Attempts per batch after the first.")
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=60.0,
+    help="How long to wait for a ready server at start.",
+)
+@click.option("--resume", is_flag=True, help="Skip files already in --output and append.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --output.")
+@click.option("--watch", is_flag=True, help="Keep scoring new files as they land (Ctrl-C ends).")
+def score_command(
+    root: str,
+    recursive: bool,
+    pattern: str,
+    output: str,
+    heatmaps: str | None,
+    resume: bool,
+    force: bool,
+    watch: bool,
+    urls: tuple[str, ...],
+    protocol: str,
+    batch_size: int,
+    concurrency: int,
+    workers: int,
+    threshold: float | None,
+    model: str,
+    timeout: float,
+    retries: int,
+    ready_timeout: float,
+) -> None:
+    """Score every image under --dir; exit status 1 if any file failed."""
+    out = Path(output)
+    if out.exists() and out.stat().st_size and not (resume or force):
+        raise click.ClickException(f"{out} exists; pass --resume to continue it or --force")
+    done = done_paths(out) if resume else set()
+    paths = [p for p in list_files(Path(root), recursive, pattern) if os.fsdecode(p) not in done]
+    cfg = ScoreConfig(
+        urls=urls,
+        protocol=protocol,
+        model=model,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        workers=workers,
+        timeout_s=timeout,
+        retries=retries,
+        ready_timeout_s=ready_timeout,
+        threshold=threshold,
+        keep_maps=heatmaps is not None,
+    )
+    hot = (
+        HotFolder(Path(root), recursive, pattern, done | {os.fsdecode(p) for p in paths})
+        if watch
+        else None
+    )
+    tally = Tally()
+    try:
+        with ResultWriter(out, append=resume) as writer:
+            asyncio.run(
+                _run(
+                    paths, cfg, writer, tally, Path(heatmaps) if heatmaps else None, Path(root), hot
+                )
+            )
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(tally.summary() + (f" (skipped {len(done)} already in {out})" if done else ""))
+    if tally.failures:
+        for failure in tally.failures[:50]:
+            click.echo(f"FAILED {failure.path}: {failure.error}", err=True)
+        raise SystemExit(1)
+
+
+@client_group.command("auroc")
+@click.argument("results", type=click.Path(dir_okay=False, exists=True))
+def auroc_command(results: str) -> None:
+    """Image AUROC of a results file whose paths sit in good/ or <defect>/ folders."""
+    from dcam.training.metrics import auroc
+
+    rows = [r for r in read_results(Path(results)) if r.get("score") not in (None, "")]
+    labels = np.array([Path(r["path"]).parent.name != "good" for r in rows])
+    scores = np.array([float(r["score"]) for r in rows])
+    try:
+        value = auroc(labels, scores)
+    except ValueError as exc:
+        raise click.ClickException(f"{results}: {exc}") from exc
+    click.echo(
+        f"image AUROC {100 * value:.2f} over {len(rows)} scored images "
+        f"({int(labels.sum())} anomalous)"
+    )

@@ -1,0 +1,65 @@
+"""Find the images to score: a folder (optionally recursive, with a glob), or new files landing
+in a hot folder. Symlink loops and unreadable entries are kept as paths so they get a per-file
+error in the output instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+
+from dcam.training.images import IMAGE_SUFFIXES
+
+
+def _matches(path: Path, root: Path, pattern: str) -> bool:
+    rel = os.fsdecode(path.relative_to(root))
+    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(path.name, pattern)
+
+
+def list_files(root: Path, recursive: bool = False, pattern: str = "*") -> list[Path]:
+    """Candidate image files under root, sorted; symlinked folders are not followed (no loops)."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and _matches(path, root, pattern):
+                found.append(path)
+        if not recursive:
+            break
+    return sorted(found)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+class HotFolder:
+    """New files under a folder, each reported once, after its size stopped changing.
+
+    A file still being written changes size between two polls (or is still empty), so it is
+    reported on a later poll.
+    """
+
+    def __init__(self, root: Path, recursive: bool, pattern: str, seen: set[str]) -> None:
+        self.root, self.recursive, self.pattern, self.seen = root, recursive, pattern, seen
+        self._sizes: dict[str, int | None] = {}
+
+    def poll(self) -> list[Path]:
+        ready = []
+        for path in list_files(self.root, self.recursive, self.pattern):
+            key = os.fsdecode(path)
+            if key in self.seen:
+                continue
+            size = _size(path)
+            if size and self._sizes.get(key) == size:
+                self.seen.add(key)
+                self._sizes.pop(key)
+                ready.append(path)
+            else:
+                self._sizes[key] = size
+        return ready

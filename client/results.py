@@ -1,0 +1,107 @@
+"""Typed results and their output files (CSV or JSONL by extension), written as they arrive.
+
+Each row is flushed at once, so a crash loses nothing already scored; `--resume` reads the file
+back and skips what is in it. File names that are not UTF-8 survive the round trip.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dcam.client.errors import ClientError
+
+FIELDS = ("path", "score", "is_anomalous", "error", "latency_ms")
+
+
+@dataclass
+class Result:
+    path: str
+    score: float | None = None
+    is_anomalous: bool | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    anomaly_map: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def row(self) -> dict:
+        return {k: getattr(self, k) for k in FIELDS}
+
+
+class ResultWriter:
+    """Appends results to a .csv or .jsonl file and flushes after each one."""
+
+    def __init__(self, path: Path, append: bool = False) -> None:
+        self.path = Path(path)
+        self.kind = _kind(self.path)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # surrogateescape: non-UTF-8 file names are written back as their original bytes
+        self._fh = self.path.open(
+            "a" if append else "w", newline="", encoding="utf-8", errors="surrogateescape"
+        )
+        if append and exists and not _ends_with_newline(self.path):
+            self._fh.write("\n")  # a crash tore the last row; start a fresh line
+        self._csv = csv.DictWriter(self._fh, FIELDS) if self.kind == "csv" else None
+        if self._csv is not None and not (append and exists):
+            self._csv.writeheader()
+
+    def write(self, result: Result) -> None:
+        if self._csv is not None:
+            self._csv.writerow(result.row())
+        else:
+            self._fh.write(json.dumps(result.row()) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise ClientError(f"output {path}: use a .csv or .jsonl file name")
+    return suffix[1:]
+
+
+def read_results(path: Path) -> list[dict]:
+    """Rows of an earlier output; a torn last line (crash mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        if _kind(path) == "csv":
+            return list(csv.DictReader(fh))
+        rows = []
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+
+def done_paths(path: Path) -> set[str]:
+    """Paths already in an output file, scored or failed, for --resume."""
+    return {row["path"] for row in read_results(path)}

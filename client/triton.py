@@ -1,0 +1,208 @@
+"""Async connections to one or more Triton servers serving the `dcam` model.
+
+Batches are spread round-robin across the servers that are up; a server that fails is taken out
+for a back-off period and tried again later, so a line scales out by adding servers. Unavailable,
+overloaded or slow servers raise RetryableError; the caller retries with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcam.client.errors import ClientError, RetryableError
+
+OUTPUTS = ("anomaly_map", "score", "is_anomalous")
+_RETRYABLE_MARKERS = (
+    "unavailable",
+    "connect",
+    "refused",
+    "reset",
+    "overload",
+    "exceeds",
+    "timeout",
+    "deadline",
+    "broken pipe",
+    "server disconnected",
+    "503",
+    "not ready",
+    "unknown model",
+    "socket closed",
+    "eof",
+)
+
+
+def _client_module(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc.aio as module
+    elif protocol == "http":
+        import tritonclient.http.aio as module
+    else:
+        raise ClientError(f"unknown protocol {protocol!r}; choose grpc or http")
+    return module
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Transport and availability failures are retried; a bad request is not."""
+    if isinstance(exc, (asyncio.TimeoutError, ConnectionError, OSError)):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _RETRYABLE_MARKERS)
+
+
+@dataclass
+class ModelSpec:
+    height: int
+    width: int
+
+
+class Server:
+    """One Triton endpoint with its async client and health state."""
+
+    def __init__(self, url: str, protocol: str) -> None:
+        self.url = url
+        self.protocol = protocol
+        self.module = _client_module(protocol)
+        self.client = self.module.InferenceServerClient(url)
+        self.down_until = 0.0
+        self.failures = 0
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def mark_down(self, backoff_s: float) -> None:
+        self.failures += 1
+        self.down_until = time.monotonic() + min(backoff_s * 2 ** (self.failures - 1), 30.0)
+
+    def mark_up(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+
+    async def ready(self, model: str) -> bool:
+        try:
+            return bool(await self.client.is_server_ready()) and bool(
+                await self.client.is_model_ready(model)
+            )
+        except Exception:
+            return False
+
+    async def metadata(self, model: str) -> dict:
+        if self.protocol == "grpc":
+            return await self.client.get_model_metadata(model, as_json=True)
+        return await self.client.get_model_metadata(model)
+
+    async def infer(
+        self, model: str, images: np.ndarray, threshold: float | None, timeout_s: float
+    ) -> dict[str, np.ndarray]:
+        image = self.module.InferInput("IMAGE", list(images.shape), "UINT8")
+        image.set_data_from_numpy(images)
+        outputs = [self.module.InferRequestedOutput(name) for name in OUTPUTS]
+        params = None if threshold is None else {"threshold": float(threshold)}
+        result = await asyncio.wait_for(
+            self.client.infer(model, [image], outputs=outputs, parameters=params), timeout_s
+        )
+        return {name: result.as_numpy(name) for name in OUTPUTS}
+
+    async def close(self) -> None:
+        # Closing the client of a dead server must not hide the real error.
+        with contextlib.suppress(Exception):
+            await self.client.close()
+
+
+def parse_spec(metadata: dict, model: str) -> ModelSpec:
+    """Check the model's inputs and outputs against what the client sends and reads."""
+    inputs = {i["name"]: i for i in metadata.get("inputs", [])}
+    outputs = {o["name"] for o in metadata.get("outputs", [])}
+    image = inputs.get("IMAGE")
+    if image is None or image.get("datatype") != "UINT8" or len(image.get("shape", [])) != 4:
+        raise ClientError(
+            f"model {model!r} does not take IMAGE as UINT8 [batch, H, W, 3]: "
+            f"inputs {list(inputs.values())}"
+        )
+    _, height, width, channels = (int(d) for d in image["shape"])
+    if channels != 3 or height <= 0 or width <= 0:
+        raise ClientError(f"model {model!r} has IMAGE shape {image['shape']}; need [-1, H, W, 3]")
+    missing = set(OUTPUTS) - outputs
+    if missing:
+        raise ClientError(f"model {model!r} lacks outputs {sorted(missing)}")
+    return ModelSpec(height, width)
+
+
+class ServerPool:
+    """Round-robin over healthy servers, with readiness wait, metadata check and retries."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        protocol: str,
+        model: str,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+    ) -> None:
+        if not urls:
+            raise ClientError("give at least one server URL")
+        self.servers = [Server(u, protocol) for u in urls]
+        self.model, self.timeout_s = model, timeout_s
+        self.retries, self.backoff_s = retries, backoff_s
+        self._next = 0
+
+    async def wait_ready(self, timeout_s: float) -> ModelSpec:
+        """Wait until at least one server has the model ready; check its metadata."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = await asyncio.gather(*(s.ready(self.model) for s in self.servers))
+            ready = [s for s, ok in zip(self.servers, states, strict=True) if ok]
+            for server in self.servers:
+                if server not in ready:
+                    server.mark_down(self.backoff_s)
+            if ready:
+                for server in ready:
+                    server.mark_up()
+                return parse_spec(await ready[0].metadata(self.model), self.model)
+            if time.monotonic() > deadline:
+                urls = ", ".join(s.url for s in self.servers)
+                raise ClientError(
+                    f"no server with model {self.model!r} ready at {urls} after {timeout_s:.0f} s"
+                )
+            await asyncio.sleep(0.5)
+
+    def _pick(self) -> Server | None:
+        for _ in range(len(self.servers)):
+            server = self.servers[self._next % len(self.servers)]
+            self._next += 1
+            if server.up:
+                return server
+        return None
+
+    async def infer(self, images: np.ndarray, threshold: float | None = None) -> dict:
+        """Send one batch, retrying on another (or the same, later) server when one fails."""
+        last: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            server = self._pick()
+            if server is None:
+                wait = min(s.down_until for s in self.servers) - time.monotonic()
+                await asyncio.sleep(max(wait, 0.05))
+                continue
+            try:
+                outputs = await server.infer(self.model, images, threshold, self.timeout_s)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise ClientError(f"{server.url}: {exc}") from exc
+                last = exc
+                server.mark_down(self.backoff_s)
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+                continue
+            server.mark_up()
+            return outputs
+        raise RetryableError(
+            f"gave up after {self.retries + 1} attempts: {type(last).__name__}: {last}"
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.servers))
