@@ -116,3 +116,53 @@ def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report["results"], indent=1))
     click.echo("verify: served maps, scores and decisions match the in-process reference")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("repo", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", help="Address to bind (loopback by default).")
+@click.option("--http-port", type=int, default=8000)
+@click.option("--grpc-port", type=int, default=8001)
+@click.option("--metrics-port", type=int, default=8002)
+@click.option("--ready-timeout", type=float, default=120.0)
+@click.option("--log-verbose", type=int, default=0)
+def serve_command(
+    repo: str,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    ready_timeout: float,
+    log_verbose: int,
+) -> None:
+    """Serve REPO with the tritonserver from the nvidia-pytriton wheel until Ctrl-C/SIGTERM."""
+    import signal
+    import threading
+
+    from dcam.build.server import ServerConfig, TritonServer
+
+    config = ServerConfig(
+        Path(repo), host, http_port, grpc_port, metrics_port, ready_timeout, log_verbose
+    )
+    server = TritonServer(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+    except DcamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"serving {repo}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+        f"metrics {host}:{server.ports['metrics']} (log {server.log_path}); Ctrl-C stops",
+    )
+    try:
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                raise click.ClickException(
+                    f"tritonserver exited with code "
+                    f"{server.process.returncode}:\n{server.log_tail()}"
+                )
+    finally:
+        server.stop()
+    click.echo("tritonserver stopped")

@@ -56,6 +56,8 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
         raise
     except UnidentifiedImageError as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: image too large to decode safely ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from exc
     if size is not None and rgb.size != (size, size):
