@@ -1,0 +1,304 @@
+"""dcam-client against the real tritonserver serving the CPU repository built by dcam-build."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dcam.build.server import ServerConfig, TritonServer, free_port
+from dcam.build.verify import reference_outputs
+from dcam.client.cli import client_group
+from dcam.client.results import read_results
+from dcam.client.score import ScoreConfig, Scorer, score_paths
+from dcam.training.images import load_image
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def server(ensemble_repo: Path):
+    with TritonServer(ServerConfig(ensemble_repo)) as srv:
+        yield srv
+
+
+def _good_images(synthetic_root: Path, n: int = 12) -> list[Path]:
+    paths = sorted(synthetic_root.glob("*/test/*/*.png"))
+    return paths[:n]
+
+
+def test_scores_equal_the_in_process_reference(
+    server, synthetic_root: Path, tiny_run: Path
+) -> None:
+    paths = _good_images(synthetic_root, 11)
+    for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+        cfg = ScoreConfig(urls=(url,), protocol=protocol, batch_size=4, concurrency=2)
+        results = {r.path: r for r in asyncio.run(score_paths(paths, cfg))}
+        assert len(results) == len(paths) and all(r.ok for r in results.values())
+        manifest = json.loads((tiny_run / "manifest.json").read_text())
+        images = np.stack([load_image(p, 64) for p in paths])
+        _, ref_scores, ref_flags = reference_outputs(tiny_run, manifest, images)
+        got = np.array([results[str(p)].score for p in paths])
+        np.testing.assert_allclose(got, ref_scores[:, 0], rtol=1e-4, atol=1e-4)
+        assert [results[str(p)].is_anomalous for p in paths] == list(ref_flags[:, 0])
+
+
+def _bad_corpus(folder: Path, good: Path) -> dict[str, bool]:
+    """Files the client must handle; value: whether it should be scored successfully."""
+    folder.mkdir()
+    rgb = np.asarray(Image.open(good).convert("RGB"))
+    cases = {}
+
+    def save(name: str, img: Image.Image, ok: bool = True, **kw) -> None:
+        img.save(folder / name, **kw)
+        cases[name] = ok
+
+    save("gray.png", Image.fromarray(rgb[..., 0]))
+    save("rgba.png", Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"))
+    save("cmyk.jpg", Image.fromarray(rgb).convert("CMYK"))
+    save("palette.gif", Image.fromarray(rgb).convert("P"))
+    save("deep16.png", Image.fromarray(rgb[..., 0].astype(np.uint16) * 257))
+    save("tiny_1x1.png", Image.fromarray(rgb[:1, :1]))
+    save("huge_20000.png", Image.new("1", (20000, 20000)), ok=False)
+    (folder / "empty.png").write_bytes(b"")
+    cases["empty.png"] = False
+    (folder / "text.png").write_text("not an image\n")
+    cases["text.png"] = False
+    Image.fromarray(rgb).save(folder / "truncated.jpg", quality=95)
+    data = (folder / "truncated.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    cases["truncated.jpg"] = False
+    os.symlink("loop.png", folder / "loop.png")
+    cases["loop.png"] = False
+    odd = os.fsdecode(b"caf\xe9-\xff.png")  # not UTF-8
+    shutil.copy(good, folder / odd)
+    cases[odd] = True
+    if os.geteuid() != 0:  # root reads anything, so permissions can only be tested as a user
+        shutil.copy(good, folder / "locked.png")
+        (folder / "locked.png").chmod(0)
+        cases["locked.png"] = False
+    return cases
+
+
+def test_bad_inputs_each_get_one_row(server, synthetic_root: Path, tmp_path: Path) -> None:
+    cases = _bad_corpus(tmp_path / "line", _good_images(synthetic_root, 1)[0])
+    out = tmp_path / "scores.jsonl"
+    result = CliRunner().invoke(
+        client_group,
+        [
+            "score",
+            "--dir",
+            str(tmp_path / "line"),
+            "--url",
+            server.grpc_url,
+            "--output",
+            str(out),
+            "--batch-size",
+            "3",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    rows = read_results(out)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert len(rows) == len(by_name) == len(cases)
+    for name, ok in cases.items():
+        assert (by_name[name]["error"] is None) == ok, (name, by_name[name])
+        if not ok:
+            assert name in by_name[name]["error"] or "loop" in by_name[name]["error"]
+    assert "too large" in by_name["huge_20000.png"]["error"]
+    assert "FAILED" in result.output
+
+
+def test_csv_output_and_heatmaps(server, synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    args = [
+        "score",
+        "--dir",
+        str(synthetic_root),
+        "--recursive",
+        "--glob",
+        "nut/test/*/*",
+        "--url",
+        server.http_url,
+        "--protocol",
+        "http",
+        "--output",
+        str(out),
+        "--heatmaps",
+        str(tmp_path / "heat"),
+    ]
+    result = CliRunner().invoke(client_group, args)
+    assert result.exit_code == 0, result.output
+    rows = read_results(out)
+    expected = sorted(synthetic_root.glob("nut/test/*/*.png"))
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in expected)
+    heatmaps = sorted((tmp_path / "heat").rglob("*.png"))
+    assert len(heatmaps) == len(expected)
+    assert Image.open(heatmaps[0]).width >= 512
+    assert "images/s" in result.output and "p50/p95/p99" in result.output
+    auroc = CliRunner().invoke(client_group, ["auroc", str(out)])
+    assert auroc.exit_code == 0 and "image AUROC" in auroc.output
+    again = CliRunner().invoke(client_group, args)
+    assert again.exit_code == 1 and "--resume" in again.output
+
+
+def test_resume_scores_each_file_once(server, synthetic_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "line"
+    folder.mkdir()
+    paths = _good_images(synthetic_root, 10)
+    for p in paths[:4]:
+        shutil.copy(p, folder / f"{p.parent.name}-{p.name}")
+    out = tmp_path / "scores.jsonl"
+    base = ["score", "--dir", str(folder), "--url", server.grpc_url, "--output", str(out)]
+    assert CliRunner().invoke(client_group, base).exit_code == 0
+    with out.open("a") as fh:
+        fh.write('{"path": "torn')  # a crash in the middle of a row
+    for p in paths[4:]:
+        shutil.copy(p, folder / f"{p.parent.name}-{p.name}")
+    result = CliRunner().invoke(client_group, [*base, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 4" in result.output
+    names = [Path(r["path"]).name for r in read_results(out)]
+    assert sorted(names) == sorted(p.name for p in folder.iterdir())
+
+
+def test_no_server_at_start(tmp_path: Path, synthetic_root: Path) -> None:
+    result = CliRunner().invoke(
+        client_group,
+        [
+            "score",
+            "--dir",
+            str(synthetic_root / "nut" / "test" / "good"),
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--ready-timeout",
+            "2",
+            "--output",
+            str(tmp_path / "s.jsonl"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "no server with model 'dcam' ready" in result.output
+
+
+def test_request_timeout_is_a_per_file_error(server, synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.jsonl"
+    result = CliRunner().invoke(
+        client_group,
+        [
+            "score",
+            "--dir",
+            str(synthetic_root / "nut" / "test" / "good"),
+            "--url",
+            server.grpc_url,
+            "--timeout",
+            "0.0001",
+            "--retries",
+            "1",
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 1
+    rows = read_results(out)
+    assert rows and all("inference failed" in r["error"] for r in rows)
+
+
+def test_server_killed_and_restarted_mid_run(ensemble_repo: Path, synthetic_root: Path) -> None:
+    ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
+    paths = sorted(synthetic_root.glob("*/train/good/*.png")) * 8
+    paths = [p for p in paths]  # the same file many times: each occurrence is one input
+    first = TritonServer(ServerConfig(ensemble_repo, **ports)).start()
+    second: list[TritonServer] = []
+
+    def restart() -> None:
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        time.sleep(0.5)
+        second.append(TritonServer(ServerConfig(ensemble_repo, **ports)).start())
+
+    async def run() -> list:
+        cfg = ScoreConfig(
+            urls=(f"127.0.0.1:{ports['grpc_port']}",),
+            batch_size=4,
+            concurrency=2,
+            retries=8,
+            timeout_s=20,
+        )
+        scorer = Scorer(cfg)
+        results, restarted = [], None
+        try:
+            async for result in scorer.stream(paths):
+                results.append(result)
+                if len(results) == 16:
+                    restarted = asyncio.get_running_loop().run_in_executor(None, restart)
+            await restarted
+        finally:
+            await scorer.close()
+        return results
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        first.stop()
+        for srv in second:
+            srv.stop()
+    assert second, "the server was not restarted"
+    assert len(results) == len(paths)
+    assert [r.error for r in results if not r.ok] == []
+    assert sorted(r.path for r in results) == sorted(str(p) for p in paths)
+
+
+def test_watch_scores_files_as_they_land(server, synthetic_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    out = tmp_path / "watch.jsonl"
+    cmd = [
+        str(Path(sys.executable).parent / "dcam-client"),
+        "score",
+        "--dir",
+        str(folder),
+        "--url",
+        server.grpc_url,
+        "--output",
+        str(out),
+        "--watch",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline:  # the first listing is done
+            time.sleep(0.2)
+        sources = _good_images(synthetic_root, 3)
+        for i, src in enumerate(sources):
+            shutil.copy(src, folder / f"part-{i}.png")
+        (folder / "incoming.png").write_bytes(b"")  # still being written: not yet scored
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(read_results(out)) < len(sources):
+            time.sleep(0.5)
+        assert sorted(Path(r["path"]).name for r in read_results(out)) == [
+            "part-0.png",
+            "part-1.png",
+            "part-2.png",
+        ]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "files 3" in output
+
+
+def test_client_never_imports_torch() -> None:
+    code = "import sys, dcam.client.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
