@@ -6,6 +6,9 @@ EXTRAS ?= training,build,client,dev
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
 DEMO_REPO ?= model_repository/demo
+DEMO_HTTP ?= 18000
+DEMO_GRPC ?= 18001
+DEMO_METRICS ?= 18002
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
 
@@ -21,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Main job on the embedded default: synthetic production-line data, train and evaluate, build the
-# Triton model repository (CPU target) and verify it in the real tritonserver.
+# Triton model repository (CPU target), verify it in the real tritonserver, serve it, score the
+# test images with dcam-client (scores, decisions, heatmaps), AUROC from the client's own output.
 # The teacher is random because nothing can be downloaded here; with ImageNet weights available,
 # drop --teacher random.
 demo: setup
@@ -30,6 +34,13 @@ demo: setup
 	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --force
 	$(BIN)/dcam-build engines $(DEMO_RUN) --out $(DEMO_REPO) --force
 	$(BIN)/dcam-build verify $(DEMO_REPO)
+	$(BIN)/dcam-serve $(DEMO_REPO) --http-port $(DEMO_HTTP) --grpc-port $(DEMO_GRPC) \
+	  --metrics-port $(DEMO_METRICS) & pid=$$!; \
+	$(BIN)/dcam-client score --dir $(DEMO_DATA) --recursive --glob '*/test/*/*' \
+	  --url 127.0.0.1:$(DEMO_GRPC) --output $(DEMO_RUN)/scores.jsonl \
+	  --heatmaps $(DEMO_RUN)/heatmaps --force; status=$$?; \
+	kill -TERM $$pid; wait $$pid; \
+	[ $$status -eq 0 ] && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores.jsonl
 
 test: setup
 	$(BIN)/python -m pytest

@@ -176,3 +176,25 @@ def test_cli_reports_errors_as_messages(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "manifest.json does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    bool(missing_for_trt()), reason="needs TensorRT and a CUDA GPU: " + "; ".join(missing_for_trt())
+)
+@pytest.mark.parametrize("builder", ["python", "trtexec"])
+def test_trt_engines_match_onnxruntime(tiny_run: Path, tmp_path: Path, builder: str) -> None:
+    if builder == "trtexec" and shutil.which("trtexec") is None:
+        pytest.skip("trtexec is not on PATH")
+    out = tmp_path / "trt"
+    report = build_repository(
+        BuildConfig(run_dir=str(tiny_run), out=str(out), target="trt", builder=builder)
+    )
+    assert report["gpu"]["tensorrt"]
+    for name in ("teacher", "student"):
+        assert (out / name / "1" / "model.plan").stat().st_size > 0
+        errors = report["models"][name]["tensorrt_fp16_vs_onnxruntime_fp32"]
+        assert max(e["max_rel"] for e in errors.values()) < 2e-2
+    config = parse_config(out / "teacher" / "config.pbtxt")
+    assert config.platform == "tensorrt_plan"
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
