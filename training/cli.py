@@ -1,4 +1,5 @@
-"""Command line: `dcam-train` (training stage) and `dcam-data synth` (synthetic dataset).
+"""Command line: `dcam-train` (training stage), `dcam-data synth` (synthetic dataset) and
+`dcam-teacher pretrain` (a teacher pretrained on formula-generated fractals).
 
 Only this layer turns library errors into messages and exit codes.
 """
@@ -43,7 +44,8 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     "--teacher",
     type=click.Choice(TEACHER_SOURCES),
     default="imagenet",
-    help="Teacher weights: torchvision ImageNet (cache or download), or random (tests only).",
+    help="Teacher weights: torchvision ImageNet (cache or download), fractal (the shipped "
+    "FractalDB-pretrained weights, see dcam-teacher), or random (tests only).",
 )
 @click.option(
     "--teacher-weights",
@@ -139,4 +141,59 @@ def synth_command(out: str, categories: str | None, force: bool, **options) -> N
     click.echo(
         f"wrote {n} images in {len(summary['categories'])} categories to {root} "
         f"({time.perf_counter() - start:.1f} s)"
+    )
+
+
+@click.group()
+def teacher_group() -> None:
+    """Teachers for dcam that need no ImageNet download."""
+
+
+@teacher_group.command("pretrain", context_settings={"show_default": True})
+@click.option(
+    "--out",
+    default="runs/teacher",
+    type=click.Path(file_okay=False),
+    help="Output folder for teacher.pt and teacher.json.",
+)
+@click.option("--backbone", type=click.Choice(["resnet18", "wide_resnet50_2"]), default="resnet18")
+@click.option("--classes", "n_classes", type=int, default=128, help="Fractal (IFS) classes.")
+@click.option(
+    "--instances-per-class",
+    type=int,
+    default=None,
+    help="Render a fixed cached set of this many images per class (default: fresh on the fly).",
+)
+@click.option("--image-size", type=int, default=64)
+@click.option("--batch-size", type=int, default=64)
+@click.option("--lr", type=float, default=0.1)
+@click.option("--weight-decay", type=float, default=1e-4)
+@click.option("--seed", type=int, default=0)
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--minutes", type=float, default=30.0, help="Time budget; 0: none.")
+@click.option("--max-images", type=int, default=None, help="Image budget (default: none).")
+@click.option("--amp/--no-amp", default=True, help="FP16 mixed precision on CUDA.")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Rendering processes (default: none on CPU, up to 16 on CUDA).",
+)
+@click.option("--force", is_flag=True, help="Replace an earlier teacher in --out.")
+def pretrain_command(force: bool, **options) -> None:
+    """Pretrain the teacher backbone to classify formula-generated fractals (FractalDB)."""
+    from dcam.training.pretrain import PretrainConfig, pretrain  # deferred: torch is slow
+
+    options["minutes"] = options["minutes"] or None
+    if (Path(options["out"]) / "teacher.pt").exists() and not force:
+        raise click.ClickException(f"{options['out']} already holds teacher.pt; pass --force")
+    try:
+        result = pretrain(PretrainConfig(**options))
+    except DcamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{result['images_seen']} images in {result['minutes']:.1f} min "
+        f"({result['images_per_second']:.0f} images/s); held-out top-1 accuracy "
+        f"{result['accuracy']:.3f} over {result['classes']} classes; "
+        f"wrote {options['out']}/teacher.pt and teacher.json"
     )

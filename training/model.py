@@ -1,8 +1,9 @@
 """Teacher and student networks: a ResNet stem plus layers 1-3, and the student's DCAM readings.
 
-The teacher is frozen and pretrained (ImageNet through torchvision, a local checkpoint, or an
-explicitly requested random init for offline tests); the student has the same shape and starts
-random. `Student.forward` is exactly what gets deployed; `Student.loss_pairs` is training-only.
+The teacher is frozen and pretrained (ImageNet through torchvision, a local checkpoint, the shipped
+FractalDB-pretrained weights, or an explicitly requested random init for offline tests); the
+student has the same shape and starts random. `Student.forward` is exactly what gets deployed;
+`Student.loss_pairs` is training-only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ LEVELS = ("layer1", "layer2", "layer3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DCAM_MODES = ("side", "mask", "inline")
-TEACHER_SOURCES = ("imagenet", "random")
+TEACHER_SOURCES = ("imagenet", "fractal", "random")
+# Teachers pretrained on formula-generated fractals (`dcam-teacher pretrain`), shipped with dcam.
+FRACTAL_WEIGHTS_DIR = Path(__file__).parent / "weights"
+_FRACTAL_WEIGHTS = {"resnet18": "fractal_resnet18.pt"}
 
 _BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (torchvision.models.resnet18, "ResNet18_Weights"),
@@ -93,6 +97,25 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def fractal_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """The shipped FractalDB-pretrained stem + layers 1-3, stored in FP16 and returned in FP32."""
+    if backbone not in _FRACTAL_WEIGHTS:
+        raise DcamError(
+            f"no shipped fractal teacher for {backbone}; shipped: {sorted(_FRACTAL_WEIGHTS)}. "
+            "Train one with `dcam-teacher pretrain --backbone "
+            f"{backbone}` and pass its teacher.pt as --teacher-weights"
+        )
+    path = FRACTAL_WEIGHTS_DIR / _FRACTAL_WEIGHTS[backbone]
+    if not path.is_file():
+        raise DcamError(
+            f"the shipped fractal teacher {path} is missing from this installation; reinstall "
+            "dcam, or train one with `dcam-teacher pretrain` and pass its teacher.pt as "
+            "--teacher-weights"
+        )
+    state = _read_state_dict(path)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def load_teacher(backbone: str, source: str, weights_path: Path | None = None) -> FeatureExtractor:
     """Build the frozen teacher; never falls back to random weights on its own."""
     teacher = FeatureExtractor(backbone)
@@ -100,6 +123,8 @@ def load_teacher(backbone: str, source: str, weights_path: Path | None = None) -
         state = _read_state_dict(weights_path)
     elif source == "imagenet":
         state = imagenet_state_dict(backbone)
+    elif source == "fractal":
+        state = fractal_state_dict(backbone)
     elif source == "random":
         state = None
     else:
