@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= training,build,client,dev
+EXTRAS ?= training,build,client,bench,dev
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
 DEMO_REPO ?= model_repository/demo
@@ -12,7 +12,7 @@ DEMO_METRICS ?= 18002
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
 
-.PHONY: setup demo test lint fix bench-accuracy clean
+.PHONY: setup demo test lint fix bench-accuracy bench-throughput smoke-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,12 @@ fix: setup
 
 bench-accuracy: setup
 	$(BIN)/python benchmarks/accuracy.py
+
+bench-throughput: setup
+	$(BIN)/python benchmarks/throughput.py
+
+smoke-gpu: setup
+	$(BIN)/python benchmarks/gpu_check.py --device cpu --smoke --out /tmp/gpu_check_smoke.json
 
 clean:
 	rm -rf runs data .pytest_cache

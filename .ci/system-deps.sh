@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# System packages the project needs. As root they are installed; otherwise we name what is missing.
+# Debian packages the project needs. As root they are installed; otherwise we name what is missing.
+#   libpython3.11: the embedded tritonserver's Python-backend stub links it
+#   libb64-0d:     tritonclient's perf_analyzer links libb64.so.0d
+#   python3-venv:  only where the interpreter cannot create a virtualenv by itself
 set -euo pipefail
-needed=(python3-venv)
+needed=(libpython3.11 libb64-0d)
+python3 -c 'import ensurepip, venv' 2>/dev/null || needed+=(python3-venv)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-# python3-venv is only needed when the interpreter cannot create a venv by itself.
-if python3 -c 'import ensurepip, venv' 2>/dev/null; then missing=("${missing[@]/python3-venv}"); fi
-missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 else
-  echo "missing system packages: ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
+  echo "missing Debian packages: ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
   exit 1
 fi

@@ -1,0 +1,138 @@
+"""Shared pieces of the benchmarks: what machine and code a result came from, a model to measure,
+generated production-line images, and the machine's measured compute rate (the physical floor).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
+
+
+def versions() -> dict:
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "triton_server": "2.51.0 (nvidia-pytriton 0.7.0)",
+    }
+
+
+def git_commit() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "-uno"], capture_output=True, text=True
+    ).stdout.strip()
+    return result.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def stamp() -> dict:
+    """Machine, versions and commit: every results file carries them."""
+    return {
+        "machine": machine(),
+        "versions": versions(),
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def benchmark_run(work: Path, size: int = 256) -> Path:
+    """A training run at the production input size to build and serve (one short epoch: its
+    weights do not change throughput)."""
+    from dcam.training.config import TrainConfig
+    from dcam.training.synthetic import generate_dataset
+    from dcam.training.train import train
+
+    run = work / f"run-{size}"
+    if (run / "manifest.json").exists():
+        return run
+    data = work / f"data-{size}"
+    generate_dataset(
+        data,
+        categories=["carpet", "nut"],
+        n_train=8,
+        n_test_good=2,
+        n_test_per_defect=1,
+        size=size,
+        seed=0,
+    )
+    train(
+        TrainConfig(
+            data=(str(data),),
+            out=str(run),
+            teacher="random",
+            image_size=size,
+            epochs=1,
+            device="cpu",
+        ),
+        force=True,
+    )
+    return run
+
+
+def production_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 3) uint8 generated good and defective parts of every category."""
+    from dcam.training.synthetic import CATEGORIES, render_defect, render_good
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        cat = CATEGORIES[i % len(CATEGORIES)]
+        out.append(
+            render_good(cat, size, rng) if i % 3 else render_defect(cat, "stain", size, rng)[0]
+        )
+    return np.stack(out)
+
+
+def matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 5) -> float:
+    """Sustained FP32 GEMM rate of this machine through torch: the compute ceiling."""
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_image(size: int = 256, backbone: str = "resnet18") -> float:
+    """FLOP of one network (stem + layers 1-3) on one image, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dcam.training.model import FeatureExtractor
+
+    net = FeatureExtractor(backbone).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
