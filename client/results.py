@@ -1,6 +1,7 @@
 """Typed results and their output files (CSV or JSONL by extension), written as they arrive.
 
-Each row is flushed at once, so a crash loses nothing already scored; `--resume` reads the file
+Each row is flushed at once, so a crash of the client loses nothing already scored (and an fsync
+at least every second bounds what an OS crash can lose); `--resume` reads the file
 back and skips what is in it. File names that are not UTF-8 survive the round trip.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,7 @@ class ResultWriter:
         if append and exists and not _ends_with_newline(self.path):
             self._fh.write("\n")  # a crash tore the last row; start a fresh line
         self._csv = csv.DictWriter(self._fh, FIELDS) if self.kind == "csv" else None
+        self._synced = time.monotonic()
         if self._csv is not None and not (append and exists):
             self._csv.writeheader()
 
@@ -59,10 +62,14 @@ class ResultWriter:
             self._csv.writerow(result.row())
         else:
             self._fh.write(json.dumps(result.row()) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._fh.flush()  # a crash of this process loses nothing already written
+        if time.monotonic() - self._synced > 1.0:  # bound what an OS crash can lose
+            os.fsync(self._fh.fileno())
+            self._synced = time.monotonic()
 
     def close(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
         self._fh.close()
 
     def __enter__(self) -> ResultWriter:

@@ -96,3 +96,15 @@ def test_mask_is_bool_and_stays_binary_when_resized(tmp_path: Path) -> None:
     got = load_mask(path, size=20)
     assert got.dtype == bool and got.shape == (20, 20)
     assert got.sum() == 15 * 4
+
+
+def test_large_jpeg_uses_reduced_decoding_close_to_full(tmp_path: Path) -> None:
+    y, x = np.mgrid[0:512, 0:640]
+    smooth = np.dstack([(x / 640 * 255), (y / 512 * 255), ((x + y) % 256)]).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    fast = load_image(path, size=128)
+    with Image.open(path) as img:
+        full = np.asarray(img.convert("RGB").resize((128, 128), Image.BILINEAR))
+    assert fast.shape == (128, 128, 3)
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 3.0

