@@ -302,3 +302,12 @@ def test_watch_scores_files_as_they_land(server, synthetic_root: Path, tmp_path:
 def test_client_never_imports_torch() -> None:
     code = "import sys, dcam.client.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dead_server_among_several_is_taken_out(server, synthetic_root: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    paths = _good_images(synthetic_root, 12)
+    cfg = ScoreConfig(urls=(dead, server.grpc_url), batch_size=2, concurrency=3, retries=4)
+    results = asyncio.run(score_paths(paths, cfg))
+    assert sorted(r.path for r in results) == sorted(str(p) for p in paths)
+    assert all(r.ok for r in results)
