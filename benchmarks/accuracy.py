@@ -3,7 +3,8 @@
 Every configuration trains on the same generated multi-class data with the same budget, over
 several seeds. Writes `benchmarks/results/accuracy-<tag>.{json,md}`: per category and mean image
 AUROC, pixel AUROC and PRO (mean over seeds with the seed spread), and differences to STFPM.
-Offline the teacher is random, which understates every method (see benchmarks/README.md).
+Offline the teacher is random or the shipped fractal teacher (`--teachers random,fractal`); both
+understate what an ImageNet teacher gives (see benchmarks/README.md).
 
 Run: `.venv/bin/python benchmarks/accuracy.py` (about 25 minutes on 2 CPU cores).
 """
@@ -42,7 +43,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--n-train", type=int, default=40, help="good training images per category")
     p.add_argument("--data-seed", type=int, default=7)
-    p.add_argument("--teacher", default="random")
+    p.add_argument(
+        "--teachers",
+        default="random",
+        help="comma-separated teacher sources (random, fractal, imagenet) to compare",
+    )
     p.add_argument("--teacher-weights", default=None)
     p.add_argument("--work", default="runs/bench-accuracy")
     p.add_argument("--tag", default=time.strftime("%Y%m%d"))
@@ -86,7 +91,7 @@ def summarise(results: dict) -> dict:
 
 def markdown(table: dict, meta: dict) -> str:
     names = list(table)
-    base = "stfpm" if "stfpm" in table else names[0]
+    base = names[0]
     out = [
         f"Teacher: {meta['teacher']}; data seed {meta['data_seed']}; seeds {meta['seeds']}; "
         f"{meta['epochs']} epochs at {meta['image_size']} px; {meta['minutes']:.1f} min.\n",
@@ -126,13 +131,15 @@ def main() -> None:
         (data / "dataset.json").write_text(json.dumps(summary))
     start = time.perf_counter()
     results: dict = {}
-    for name in args.configs.split(","):
-        results[name] = []
+    teachers = args.teachers.split(",")
+    for teacher, name in [(t, n) for t in teachers for n in args.configs.split(",")]:
+        key = name if len(teachers) == 1 else f"{name}/{teacher}"
+        results[key] = []
         for seed in seeds:
             cfg = TrainConfig(
                 data=(str(data),),
-                out=str(work / f"{name}-s{seed}"),
-                teacher=args.teacher,
+                out=str(work / f"{key.replace('/', '-')}-s{seed}"),
+                teacher=teacher,
                 teacher_weights=args.teacher_weights,
                 image_size=args.image_size,
                 epochs=args.epochs,
@@ -142,14 +149,14 @@ def main() -> None:
             )
             t0 = time.perf_counter()
             manifest = train(cfg, force=True)
-            results[name].append(manifest["metrics"])
+            results[key].append(manifest["metrics"])
             print(
-                f"{name} seed {seed}: mean {manifest['metrics']['mean']} "
+                f"{key} seed {seed}: mean {manifest['metrics']['mean']} "
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
     meta = {
-        "teacher": args.teacher_weights or args.teacher,
+        "teacher": args.teacher_weights or args.teachers,
         "seeds": seeds,
         "epochs": args.epochs,
         "image_size": args.image_size,

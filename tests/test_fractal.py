@@ -133,3 +133,63 @@ def test_cli_pretrain_writes_teacher(tmp_path: Path) -> None:
     assert again.exit_code != 0 and "--force" in again.output
     bad = CliRunner().invoke(teacher_group, [*args, "--force", "--classes", "1"])
     assert bad.exit_code != 0 and "n_classes >= 2" in bad.output  # DcamError, as a message
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the fractal teacher must work without the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+
+
+def test_shipped_fractal_teacher_loads_offline(offline, monkeypatch, tmp_path: Path) -> None:
+    from dcam.training.model import FRACTAL_WEIGHTS_DIR
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
+    shipped = torch.load(FRACTAL_WEIGHTS_DIR / "fractal_resnet18.pt", weights_only=True)
+    assert set(shipped) == set(FeatureExtractor("resnet18").state_dict())
+    teacher = load_teacher("resnet18", "fractal")
+    assert teacher.conv1.weight.dtype == torch.float32
+    torch.testing.assert_close(
+        teacher.layer3[1].conv2.weight, shipped["layer3.1.conv2.weight"].float()
+    )
+    # trained, not a fresh init: BatchNorm statistics moved away from their defaults
+    assert not torch.allclose(teacher.bn1.running_var, torch.ones_like(teacher.bn1.running_var))
+
+
+def test_train_with_fractal_teacher_offline(
+    monkeypatch, synthetic_root: Path, tmp_path: Path
+) -> None:
+    import json
+    import socket
+
+    from dcam.training.cli import train_command
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("training with --teacher fractal must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        train_command,
+        [
+            "--data",
+            str(synthetic_root),
+            "--out",
+            str(out),
+            "--teacher",
+            "fractal",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["teacher"]["source"] == "fractal"

@@ -97,6 +97,11 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def fractal_weights_path(backbone: str) -> Path:
+    """Where the shipped fractal teacher of `backbone` lives (it may be absent)."""
+    return FRACTAL_WEIGHTS_DIR / _FRACTAL_WEIGHTS.get(backbone, f"fractal_{backbone}.pt")
+
+
 def fractal_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """The shipped FractalDB-pretrained stem + layers 1-3, stored in FP16 and returned in FP32."""
     if backbone not in _FRACTAL_WEIGHTS:
@@ -105,7 +110,7 @@ def fractal_state_dict(backbone: str) -> dict[str, torch.Tensor]:
             "Train one with `dcam-teacher pretrain --backbone "
             f"{backbone}` and pass its teacher.pt as --teacher-weights"
         )
-    path = FRACTAL_WEIGHTS_DIR / _FRACTAL_WEIGHTS[backbone]
+    path = fractal_weights_path(backbone)
     if not path.is_file():
         raise DcamError(
             f"the shipped fractal teacher {path} is missing from this installation; reinstall "

@@ -7,6 +7,7 @@ state dicts, the student without DCAM weights), `manifest.json`, `config.json`, 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ from dcam.training.errors import DcamError
 from dcam.training.evaluate import calibrate, evaluate, markdown_table, predict_maps
 from dcam.training.losses import distillation_loss
 from dcam.training.manifest import build_manifest, write_json_atomic
-from dcam.training.model import Normalize, Student, load_teacher
+from dcam.training.model import Normalize, Student, fractal_weights_path, load_teacher
 
 OUTPUT_FILES = ("teacher.pt", "student.pt", "manifest.json", "checkpoint.pt", "report.json")
 _RESUMABLE_CHANGES = {"epochs", "device", "out"}
@@ -119,14 +120,18 @@ def run_epoch(
 
 
 def teacher_info(cfg: TrainConfig) -> dict:
+    """Which teacher the run used, for the manifest (never silently another one)."""
     if cfg.teacher_weights:
         return {"source": "file", "path": str(cfg.teacher_weights)}
-    return {
-        "source": cfg.teacher,
-        "warning": "random teacher: for tests only, understates every method"
-        if cfg.teacher == "random"
-        else None,
-    }
+    info: dict = {"source": cfg.teacher}
+    if cfg.teacher == "random":
+        info["warning"] = "random teacher: for tests only, understates every method"
+    if cfg.teacher == "fractal":
+        sidecar = fractal_weights_path(cfg.backbone).with_suffix(".json")
+        info["weights"] = fractal_weights_path(cfg.backbone).name
+        if sidecar.is_file():
+            info["pretraining"] = json.loads(sidecar.read_text())
+    return info
 
 
 def _resume_state(out: Path, cfg: TrainConfig) -> dict:
