@@ -65,6 +65,8 @@ def run_perf(
     interval_ms: int = 6000,
 ) -> list[dict]:
     """One perf_analyzer sweep over a concurrency range; returns its CSV rows."""
+    # Large batches take long per request: widen the window so it holds enough of them.
+    interval_ms = max(interval_ms, 400 * batch)
     cmd = [
         str(perf_analyzer_path()),
         "-m",
@@ -85,9 +87,9 @@ def run_perf(
         "-p",
         str(interval_ms),
         "-s",
-        "20",
+        "25",
         "-r",
-        "6",
+        "8",
         "-f",
         str(csv_path),
     ]
@@ -139,15 +141,29 @@ def sweep(
         for entry in plan:
             name = f"{repo.name}-{entry['model']}-b{entry['batch']}-shm{shared_memory}"
             before = model_stats(server.http_url)
-            rows = run_perf(
-                entry["model"],
-                server.grpc_url,
-                entry["batch"],
-                entry["concurrency"],
-                inputs[entry["model"]],
-                out / f"{name}.csv",
-                shared_memory,
-            )
+            try:
+                rows = run_perf(
+                    entry["model"],
+                    server.grpc_url,
+                    entry["batch"],
+                    entry["concurrency"],
+                    inputs[entry["model"]],
+                    out / f"{name}.csv",
+                    shared_memory,
+                )
+            except RuntimeError as exc:  # one unstable configuration must not lose the rest
+                print(f"{name}: {str(exc).splitlines()[-1]}", flush=True)
+                results.append(
+                    {
+                        **entry,
+                        "layout": repo.name,
+                        "error": str(exc)[-2000:],
+                        "shared_memory": shared_memory,
+                        "rows": [],
+                        "stats": {},
+                    }
+                )
+                continue
             stats = stats_delta(before, model_stats(server.http_url))
             results.append(
                 {

@@ -157,7 +157,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batches", default="1,8,32")
-    p.add_argument("--shared-memory", choices=["none", "system"], default="none")
+    p.add_argument(
+        "--shared-memory",
+        choices=["none", "system", "cuda"],
+        default="none",
+        help="perf_analyzer input/output transport; cuda needs a GPU server",
+    )
     p.add_argument("--tag", default=time.strftime("%Y%m%d"))
     p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     args = p.parse_args()
@@ -190,7 +195,11 @@ def main() -> None:
     )
     client = client_end_to_end(repos["ensemble"], folder, work / "scores.jsonl", 8)
 
-    stats = [r["stats"] for r in runs if r["layout"] == "ensemble" and r["model"] == "dcam"]
+    stats = [
+        r["stats"]
+        for r in runs
+        if r["layout"] == "ensemble" and r["model"] == "dcam" and r["stats"]
+    ]
     post_ns = sum(s["postprocess"]["request_ns"] for s in stats)
     ens_ns = sum(s["dcam"]["request_ns"] for s in stats)
     flops = 2 * common.flops_per_image(args.size)

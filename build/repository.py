@@ -119,6 +119,9 @@ def postprocess_params(manifest: dict, teacher_io: dict, target: str) -> dict[st
         "score_mean": repr(glob["mean"]),
         "score_std": repr(glob["std"]),
         "threshold": repr(glob["threshold"]),
+        # One BLAS thread: the maths is small, and spinning BLAS threads beside the busy
+        # teacher/student instances slowed it 50x on a 2-core machine (benchmarks/README.md).
+        "blas_threads": "1",
         # On GPU the features stay on the device (DLPack); on CPU numpy needs host tensors.
         "FORCE_CPU_ONLY_INPUT_TENSORS": "yes" if target == "cpu" else "no",
     }

@@ -79,6 +79,8 @@ def server_env() -> dict[str, str]:
     libs = _pytriton_root().parent / "nvidia_pytriton.libs"
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # Python-backend stubs share the cores with each other: spinning BLAS pools oversubscribe.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
 
 

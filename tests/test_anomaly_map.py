@@ -80,3 +80,21 @@ def test_torch_tensors_give_the_numpy_result() -> None:
     np.testing.assert_allclose(
         z.numpy(), amap.normalise_scores(amap.image_scores(ref), 1.0, 2.0), rtol=1e-5
     )
+
+
+def test_folded_smoothing_equals_resize_then_blur() -> None:
+    rng = np.random.default_rng(5)
+    t = [rng.normal(size=(2, 8, 16, 16)), rng.normal(size=(2, 8, 8, 8))]
+    s = [rng.normal(size=(2, 8, 16, 16)), rng.normal(size=(2, 8, 8, 8))]
+    levels = [
+        amap.resize_bilinear(amap.cosine_distance(a, b), (64, 64))
+        for a, b in zip(t, s, strict=True)
+    ]
+    expected = amap.gaussian_smooth(levels[0] + levels[1], 3.0)
+    np.testing.assert_allclose(
+        amap.anomaly_map(t, s, (64, 64), "sum", 3.0), expected, rtol=1e-5, atol=1e-6
+    )
+    product = amap.gaussian_smooth(levels[0] * levels[1], 3.0)
+    np.testing.assert_allclose(
+        amap.anomaly_map(t, s, (64, 64), "product", 3.0), product, rtol=1e-5, atol=1e-6
+    )

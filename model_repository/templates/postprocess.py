@@ -13,6 +13,11 @@ import anomaly_map as amap
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+try:  # BLAS threads that spin beside busy ONNX Runtime/TensorRT instances cost 50x here
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    threadpool_limits = None
+
 
 def _to_array(tensor):
     if tensor.is_cpu():
@@ -48,6 +53,14 @@ class TritonPythonModel:
         self.combine, self.sigma = p["combine"], float(p["sigma"])
         self.mean, self.std = float(p["score_mean"]), float(p["score_std"])
         self.threshold = float(p["threshold"])
+        blas_threads = int(p.get("blas_threads", "1"))
+        if threadpool_limits is not None:
+            self._blas = threadpool_limits(limits=blas_threads, user_api="blas")
+        else:
+            pb_utils.Logger.log_warn(
+                "threadpoolctl is missing: set OPENBLAS_NUM_THREADS=1 for this server, or the "
+                "post-processing maths slows down badly while the other models are busy"
+            )
 
     def execute(self, requests):
         names = self.teacher + self.student
