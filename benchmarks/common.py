@@ -136,3 +136,36 @@ def flops_per_image(size: int = 256, backbone: str = "resnet18") -> float:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def conv_gflops(threads: int = 0, batch: int = 8) -> float:
+    """FP32 rate of ONNX Runtime on one large 3x3 convolution (the work this model is made of).
+
+    On AMD EPYC machines torch's and OpenBLAS's GEMMs reach well under the convolution kernels'
+    rate, so the floor takes the best of the measured rates.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.rand(256, 256, 3, 3).astype(np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    x = np.random.rand(batch, 256, 64, 64).astype(np.float32)
+    session.run(None, {"x": x})
+    start = time.perf_counter()
+    for _ in range(3):
+        session.run(None, {"x": x})
+    flops = 2 * 256 * 256 * 9 * 64 * 64 * batch * 3
+    return flops / (time.perf_counter() - start) / 1e9

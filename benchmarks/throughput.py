@@ -203,7 +203,11 @@ def main() -> None:
     post_ns = sum(s["postprocess"]["request_ns"] for s in stats)
     ens_ns = sum(s["dcam"]["request_ns"] for s in stats)
     flops = 2 * common.flops_per_image(args.size)
-    gflops = common.matmul_gflops(threads=None)
+    rates = {
+        "torch_gemm": common.matmul_gflops(threads=None),
+        "onnxruntime_conv3x3": common.conv_gflops(),
+    }
+    gflops = max(rates.values())
     floor = gflops * 1e9 / flops
     ens_b8, fused_b8 = best(runs, "ensemble", "dcam", 8), best(runs, "fused", "dcam", 8)
     ratios = {
@@ -249,7 +253,7 @@ def main() -> None:
         "threads_per_session": threads,
         "floor": {
             "gflop_per_image_pair": flops / 1e9,
-            "gemm_gflops": gflops,
+            "best_gflops": gflops,
             "images_per_s": floor,
         },
         "ratios": ratios,
@@ -263,7 +267,7 @@ def main() -> None:
 def report(payload: dict, floor: float) -> str:
     lines = [
         f"floor: {payload['floor']['gflop_per_image_pair']:.2f} GFLOP per image (teacher +"
-        f" student), GEMM {payload['floor']['gemm_gflops']:.0f} GFLOP/s -> "
+        f" student), best measured rate {payload['floor']['best_gflops']:.0f} GFLOP/s -> "
         f"{floor:.1f} images/s",
         "",
         "| ratio | value | raw | target |",

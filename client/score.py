@@ -18,7 +18,7 @@ import numpy as np
 
 from dcam.client.errors import ClientError
 from dcam.client.results import Result
-from dcam.client.triton import ServerPool
+from dcam.client.triton import DECISION_OUTPUTS, OUTPUTS, ServerPool
 from dcam.training.images import ImageError, load_image
 
 
@@ -96,7 +96,9 @@ class Scorer:
             start = time.perf_counter()
             try:
                 out = await self.pool.infer(
-                    np.stack([decoded[i] for i in good]), self.config.threshold
+                    np.stack([decoded[i] for i in good]),
+                    self.config.threshold,
+                    OUTPUTS if self.config.keep_maps else DECISION_OUTPUTS,
                 )
             except ClientError as exc:
                 out = None
