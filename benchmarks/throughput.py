@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import sys
 import tempfile
 import time
@@ -46,7 +47,7 @@ class InProcess:
         self.teacher = onnxruntime_session(repo / "teacher" / "1" / "model.onnx", threads)
         self.student = onnxruntime_session(repo / "student" / "1" / "model.onnx", threads)
         self.pool = ThreadPoolExecutor(2)
-        manifest = __import__("json").loads((repo / "manifest.json").read_text())
+        manifest = json.loads((repo / "manifest.json").read_text())
         self.size = tuple(manifest["input"]["size"])
         self.spec = manifest["anomaly_map"]
         self.glob = manifest["normalization"]["global"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from dcam.build.errors import BuildError
 from dcam.training import anomaly_map as amap
-from dcam.training.model import FeatureExtractor, Normalize
+from dcam.training.model import FeatureExtractor, Normalize, read_state_dict
 
 IMAGE = "IMAGE"
 FUSED_OUTPUTS = ("anomaly_map", "score", "is_anomalous")
@@ -57,13 +57,8 @@ class FusedNet(nn.Module):
         return maps, score[:, None], amap.decide(score, self.threshold)[:, None]
 
 
-def _load_weights(path: Path, backbone: str) -> dict:
-    if not path.is_file():
-        raise BuildError(f"{path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BuildError(f"cannot read {path}: {exc}") from exc
+def _load_weights(path: Path) -> dict:
+    state = read_state_dict(path)
     if any(k.startswith("dcam.") for k in state):
         raise BuildError(
             f"{path} holds DCAM blocks (the inline control reading); only students "
@@ -75,7 +70,7 @@ def _load_weights(path: Path, backbone: str) -> dict:
 def load_feature_net(run_dir: Path, manifest: dict, role: str) -> FeatureNet:
     """teacher.pt or student.pt as a FeatureNet; refuses weights of another backbone."""
     net = FeatureNet(manifest["backbone"], manifest["mean"], manifest["std"])
-    state = _load_weights(Path(run_dir) / manifest["files"][role], manifest["backbone"])
+    state = _load_weights(Path(run_dir) / manifest["files"][role])
     try:
         net.net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -117,7 +117,7 @@ def fractal_state_dict(backbone: str) -> dict[str, torch.Tensor]:
             "dcam, or train one with `dcam-teacher pretrain` and pass its teacher.pt as "
             "--teacher-weights"
         )
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
@@ -125,7 +125,7 @@ def load_teacher(backbone: str, source: str, weights_path: Path | None = None) -
     """Build the frozen teacher; never falls back to random weights on its own."""
     teacher = FeatureExtractor(backbone)
     if weights_path is not None:
-        state = _read_state_dict(weights_path)
+        state = read_state_dict(weights_path)
     elif source == "imagenet":
         state = imagenet_state_dict(backbone)
     elif source == "fractal":
@@ -142,13 +142,14 @@ def load_teacher(backbone: str, source: str, weights_path: Path | None = None) -
     return teacher
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file, loaded weights-only; clear errors when it is not."""
     if not Path(path).is_file():
-        raise DcamError(f"teacher weights {path} do not exist")
+        raise DcamError(f"weights {path} do not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DcamError(f"cannot read teacher weights {path}: {exc}") from exc
+        raise DcamError(f"cannot read weights {path}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -209,5 +210,5 @@ class Student(nn.Module):
     def deployable_state_dict(self) -> dict[str, torch.Tensor]:
         """Plain backbone weights (no DCAM) unless the inline control keeps its blocks."""
         if self.mode == "inline" and self.dcam is not None:
-            return {k: v for k, v in self.state_dict().items()}
+            return dict(self.state_dict())
         return dict(self.net.state_dict())
