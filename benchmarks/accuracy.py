@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcam.datasets.synthetic import generate_dataset
 from dcam.training.config import TrainConfig
 from dcam.training.model import Student
-from dcam.training.synthetic import generate_dataset
 from dcam.training.train import train
 
 CONFIGS = {
@@ -125,10 +125,14 @@ def main() -> None:
     work = Path(args.work)
     data = work / "data"
     if not (data / "dataset.json").exists():
-        summary = generate_dataset(
-            data, n_train=args.n_train, size=args.image_size, seed=args.data_seed, progress=True
+        generate_dataset(
+            data,
+            n_train=args.n_train,
+            size=args.image_size,
+            seed=args.data_seed,
+            progress=True,
+            force=True,
         )
-        (data / "dataset.json").write_text(json.dumps(summary))
     start = time.perf_counter()
     results: dict = {}
     teachers = args.teachers.split(",")

@@ -64,8 +64,8 @@ def stamp() -> dict:
 def benchmark_run(work: Path, size: int = 256) -> Path:
     """A training run at the production input size to build and serve (one short epoch: its
     weights do not change throughput)."""
+    from dcam.datasets.synthetic import generate_dataset
     from dcam.training.config import TrainConfig
-    from dcam.training.synthetic import generate_dataset
     from dcam.training.train import train
 
     run = work / f"run-{size}"
@@ -80,6 +80,7 @@ def benchmark_run(work: Path, size: int = 256) -> Path:
         n_test_per_defect=1,
         size=size,
         seed=0,
+        force=True,
     )
     train(
         TrainConfig(
@@ -97,7 +98,7 @@ def benchmark_run(work: Path, size: int = 256) -> Path:
 
 def production_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """(n, size, size, 3) uint8 generated good and defective parts of every category."""
-    from dcam.training.synthetic import CATEGORIES, render_defect, render_good
+    from dcam.datasets.synthetic import CATEGORIES, render_defect, render_good
 
     rng = np.random.default_rng(seed)
     out = []

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common
 
 from dcam.build.export import FeatureNet
-from dcam.training import anomaly_map as amap
-from dcam.training.metrics import auroc
-from dcam.training.synthetic import CATEGORIES, render_defect, render_good
+from dcam.core import anomaly_map as amap
+from dcam.core.metrics import auroc
+from dcam.datasets.synthetic import CATEGORIES, render_defect, render_good
 
 
 class Pipeline(torch.nn.Module):

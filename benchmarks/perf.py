@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcam.build.server import ServerConfig, TritonServer
+from dcam.serve.server import ServerConfig, TritonServer
 
 
 def perf_analyzer_env() -> dict[str, str]:

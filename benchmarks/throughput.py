@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import sys
 import tempfile
 import time
@@ -33,11 +32,13 @@ import perf
 from dcam.build.config import BuildConfig
 from dcam.build.engines import build_repository
 from dcam.build.parity import onnxruntime_session
-from dcam.build.server import ServerConfig, TritonServer
 from dcam.client.results import ResultWriter
 from dcam.client.score import ScoreConfig, Scorer
-from dcam.training import anomaly_map as amap
-from dcam.training.images import load_image
+from dcam.core import scoring
+from dcam.core.images import load_image
+from dcam.core.manifest import Manifest
+from dcam.core.names import ENSEMBLE_MODEL, IMAGE, LEVELS, ROLES, feature_name
+from dcam.serve.server import ServerConfig, TritonServer
 
 
 class InProcess:
@@ -47,20 +48,16 @@ class InProcess:
         self.teacher = onnxruntime_session(repo / "teacher" / "1" / "model.onnx", threads)
         self.student = onnxruntime_session(repo / "student" / "1" / "model.onnx", threads)
         self.pool = ThreadPoolExecutor(2)
-        manifest = json.loads((repo / "manifest.json").read_text())
-        self.size = tuple(manifest["input"]["size"])
-        self.spec = manifest["anomaly_map"]
-        self.glob = manifest["normalization"]["global"]
+        self.spec = Manifest.read(repo).scoring
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         t, s = self.pool.map(
-            lambda sess: sess.run(None, {"IMAGE": images}), (self.teacher, self.student)
+            lambda sess: sess.run(None, {IMAGE: images}), (self.teacher, self.student)
         )
-        maps = amap.anomaly_map(t, s, self.size, self.spec["combine"], self.spec["gaussian_sigma"])
-        return amap.normalise_scores(amap.image_scores(maps), self.glob["mean"], self.glob["std"])
+        return scoring.score(self.spec, t, s).normalised
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:
-        return self.teacher.run(None, {"IMAGE": images}) + self.student.run(None, {"IMAGE": images})
+        return self.teacher.run(None, {IMAGE: images}) + self.student.run(None, {IMAGE: images})
 
 
 def images_per_s(fn, batches: list, repeats: int = 2) -> float:
@@ -82,16 +79,14 @@ def build(run: Path, work: Path, layout: str) -> Path:
 
 
 def perf_inputs(work: Path, images: np.ndarray, proc: InProcess) -> dict[str, Path]:
-    items = [{"IMAGE": img} for img in images]
+    items = [{IMAGE: img} for img in images]
     image_json = perf.write_input_data(work / "images.json", items)
-    names = [
-        f"{role}_{lvl}" for role in ("teacher", "student") for lvl in ("layer1", "layer2", "layer3")
-    ]
+    names = [feature_name(role, level) for role in ROLES for level in LEVELS]
     feats = proc.features(images[:4])
     post = [{n: f[i] for n, f in zip(names, feats, strict=True)} for i in range(4)]
     post_json = perf.write_input_data(work / "features.json", post)
     return {
-        "dcam": image_json,
+        ENSEMBLE_MODEL: image_json,
         "teacher": image_json,
         "student": image_json,
         "postprocess": post_json,
@@ -124,24 +119,27 @@ def postprocess_maths_speed(proc: InProcess, images: np.ndarray) -> dict[str, fl
     feats = proc.features(images)
     t, s = feats[:3], feats[3:]
     tt, st = [torch.from_numpy(a) for a in t], [torch.from_numpy(a) for a in s]
-    size, combine, sigma = proc.size, proc.spec["combine"], proc.spec["gaussian_sigma"]
     timing = {}
     for name, args in (("numpy", (t, s)), ("torch_cpu", (tt, st))):
         start = time.perf_counter()
         for _ in range(5):
-            amap.anomaly_map(*args, size, combine, sigma)
+            scoring.anomaly_maps(proc.spec, *args)
         timing[name] = 5 * len(images) / (time.perf_counter() - start)
     return timing
 
 
 def plan(batches: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     conc = {1: "1:4:1", 8: "1:4:1", 32: "1:2:1"}
-    ensemble = [{"model": "dcam", "batch": b, "concurrency": conc.get(b, "1:2:1")} for b in batches]
+    ensemble = [
+        {"model": ENSEMBLE_MODEL, "batch": b, "concurrency": conc.get(b, "1:2:1")} for b in batches
+    ]
     ensemble += [
         {"model": m, "batch": 8, "concurrency": "1:2:1"}
         for m in ("teacher", "student", "postprocess")
     ]
-    fused = [{"model": "dcam", "batch": b, "concurrency": conc.get(b, "1:2:1")} for b in batches]
+    fused = [
+        {"model": ENSEMBLE_MODEL, "batch": b, "concurrency": conc.get(b, "1:2:1")} for b in batches
+    ]
     return ensemble, fused
 
 
@@ -199,10 +197,10 @@ def main() -> None:
     stats = [
         r["stats"]
         for r in runs
-        if r["layout"] == "ensemble" and r["model"] == "dcam" and r["stats"]
+        if r["layout"] == "ensemble" and r["model"] == ENSEMBLE_MODEL and r["stats"]
     ]
     post_ns = sum(s["postprocess"]["request_ns"] for s in stats)
-    ens_ns = sum(s["dcam"]["request_ns"] for s in stats)
+    ens_ns = sum(s[ENSEMBLE_MODEL]["request_ns"] for s in stats)
     flops = 2 * common.flops_per_image(args.size)
     rates = {
         "torch_gemm": common.matmul_gflops(threads=None),
@@ -210,7 +208,10 @@ def main() -> None:
     }
     gflops = max(rates.values())
     floor = gflops * 1e9 / flops
-    ens_b8, fused_b8 = best(runs, "ensemble", "dcam", 8), best(runs, "fused", "dcam", 8)
+    ens_b8, fused_b8 = (
+        best(runs, "ensemble", ENSEMBLE_MODEL, 8),
+        best(runs, "fused", ENSEMBLE_MODEL, 8),
+    )
     ratios = {
         "1_ensemble_over_in_process": {
             "ratio": ens_b8 / in_process_b8,

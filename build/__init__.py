@@ -1,4 +1,6 @@
-"""dcam.build: turns a training run (weights + manifest.json) into a Triton model repository.
+"""dcam.build: a training run (weights + manifest.json) in, a Triton model repository out.
 
-Not implemented yet (issue 3).
+ONNX export with the preprocessing folded in, onnxsim, numerical parity against PyTorch, FP16
+TensorRT engines (GPU) or ONNX Runtime (CPU), generated Triton configs (`dcam-build engines`),
+and `dcam-build verify` against the real tritonserver.
 """

@@ -1,6 +1,7 @@
 """Command line: `dcam-build engines` and `dcam-build verify`.
 
-Only this layer turns library errors into messages and exit codes.
+Every `engines` option maps onto a `BuildConfig` field and takes its default from there; only
+this layer turns library errors into messages and exit codes (through `reports_errors`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from pathlib import Path
 
 import click
 
-from dcam.build.config import BUILDERS, LAYOUTS, TARGETS
-from dcam.training.errors import DcamError
+from dcam.build.config import BUILDERS, LAYOUTS, TARGETS, BuildConfig
+from dcam.core.cli import default, reports_errors
+
+
+def _d(name: str):
+    return default(BuildConfig, name)
 
 
 @click.group()
@@ -30,65 +35,69 @@ def build_group() -> None:
 @click.option(
     "--target",
     type=click.Choice(TARGETS),
-    default="auto",
+    default=_d("target"),
     help="trt: FP16 TensorRT engines (GPU); cpu: ONNX Runtime in Triton's Python "
     "backend; auto: trt where TensorRT and a GPU are present.",
 )
 @click.option(
     "--layout",
     type=click.Choice(LAYOUTS),
-    default="ensemble",
+    default=_d("layout"),
     help="ensemble: teacher || student -> postprocess; fused: one graph.",
 )
-@click.option("--max-batch-size", type=int, default=32)
+@click.option("--max-batch-size", type=int, default=_d("max_batch_size"))
 @click.option(
     "--opt-batch-size",
     type=int,
-    default=8,
+    default=_d("opt_batch_size"),
     help="TensorRT profile optimum and Triton's preferred batch size.",
 )
-@click.option("--min-batch-size", type=int, default=1)
-@click.option("--queue-delay-us", type=int, default=2000, help="Dynamic batching queue delay.")
-@click.option("--instances", type=int, default=1, help="Instances per model.")
+@click.option("--min-batch-size", type=int, default=_d("min_batch_size"))
+@click.option(
+    "--queue-delay-us", type=int, default=_d("queue_delay_us"), help="Dynamic batching delay."
+)
+@click.option("--instances", type=int, default=_d("instances"), help="Instances per model.")
 @click.option(
     "--threads",
     type=int,
-    default=0,
+    default=_d("threads"),
     help="ONNX Runtime threads per session (0: cores / concurrent sessions).",
 )
-@click.option("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace.")
+@click.option(
+    "--workspace-mib", type=int, default=_d("workspace_mib"), help="TensorRT builder workspace."
+)
 @click.option(
     "--timing-cache",
     type=click.Path(dir_okay=False),
-    default=None,
+    default=_d("timing_cache"),
     help="TensorRT timing cache (default: OUT.timing.cache).",
 )
 @click.option(
     "--builder",
     type=click.Choice(BUILDERS),
-    default="python",
+    default=_d("builder"),
     help="TensorRT Python API or trtexec.",
 )
 @click.option(
-    "--tolerance", type=float, default=1e-4, help="Max relative error ONNX Runtime vs PyTorch."
+    "--tolerance",
+    type=float,
+    default=_d("tolerance"),
+    help="Max relative error ONNX Runtime vs PyTorch.",
 )
 @click.option(
     "--fp16-tolerance",
     type=float,
-    default=2e-2,
+    default=_d("fp16_tolerance"),
     help="Max relative error of FP16 engines vs ONNX Runtime FP32.",
 )
-@click.option("--opset", type=int, default=17)
+@click.option("--opset", type=int, default=_d("opset"))
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@reports_errors
 def engines_command(**options) -> None:
     """Export ONNX, simplify, check, build engines and write the model repository."""
-    from dcam.build.config import BuildConfig
-    from dcam.build.engines import build_repository, worst_errors
+    from dcam.build.engines import build_repository, worst_errors  # deferred: torch is slow
 
-    try:
-        report = build_repository(BuildConfig(**options))
-    except DcamError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = build_repository(BuildConfig(**options))
     for name, err in worst_errors(report).items():
         click.echo(f"{name}: ONNX Runtime vs PyTorch max relative error {err:.2e}")
     click.echo(
@@ -97,7 +106,7 @@ def engines_command(**options) -> None:
     )
 
 
-@build_group.command("verify")
+@build_group.command("verify", context_settings={"show_default": True})
 @click.argument("repo", type=click.Path(file_okay=False, exists=True))
 @click.option(
     "--run-dir",
@@ -105,64 +114,12 @@ def engines_command(**options) -> None:
     default=None,
     help="Training run to compare with (default: the one the build recorded).",
 )
-@click.option("--tolerance", type=float, default=1e-4, help="Max relative error of the map.")
+@click.option("--tolerance", type=float, default=_d("tolerance"), help="Max relative map error.")
+@reports_errors
 def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
     """Serve REPO with the embedded tritonserver and compare it with the PyTorch reference."""
     from dcam.build.verify import verify_repository
 
-    try:
-        report = verify_repository(Path(repo), Path(run_dir) if run_dir else None, tolerance)
-    except DcamError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = verify_repository(Path(repo), Path(run_dir) if run_dir else None, tolerance)
     click.echo(json.dumps(report["results"], indent=1))
     click.echo("verify: served maps, scores and decisions match the in-process reference")
-
-
-@click.command(context_settings={"show_default": True})
-@click.argument("repo", type=click.Path(file_okay=False, exists=True))
-@click.option("--host", default="127.0.0.1", help="Address to bind (loopback by default).")
-@click.option("--http-port", type=int, default=8000)
-@click.option("--grpc-port", type=int, default=8001)
-@click.option("--metrics-port", type=int, default=8002)
-@click.option("--ready-timeout", type=float, default=120.0)
-@click.option("--log-verbose", type=int, default=0)
-def serve_command(
-    repo: str,
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
-    ready_timeout: float,
-    log_verbose: int,
-) -> None:
-    """Serve REPO with the tritonserver from the nvidia-pytriton wheel until Ctrl-C/SIGTERM."""
-    import signal
-    import threading
-
-    from dcam.build.server import ServerConfig, TritonServer
-
-    config = ServerConfig(
-        Path(repo), host, http_port, grpc_port, metrics_port, ready_timeout, log_verbose
-    )
-    server = TritonServer(config)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        server.start()
-    except DcamError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"serving {repo}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-        f"metrics {host}:{server.ports['metrics']} (log {server.log_path}); Ctrl-C stops",
-    )
-    try:
-        while not stop.wait(0.5):
-            if server.process.poll() is not None:
-                raise click.ClickException(
-                    f"tritonserver exited with code "
-                    f"{server.process.returncode}:\n{server.log_tail()}"
-                )
-    finally:
-        server.stop()
-    click.echo("tritonserver stopped")

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from dcam.build.errors import BuildError
+from dcam.core.errors import ConfigError
 
 TARGETS = ("auto", "cpu", "trt")
 LAYOUTS = ("ensemble", "fused")
@@ -40,15 +40,15 @@ class BuildConfig:
             ("builder", self.builder, BUILDERS),
         ):
             if value not in choices:
-                raise BuildError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {list(choices)}")
         if not 1 <= self.min_batch_size <= self.opt_batch_size <= self.max_batch_size:
-            raise BuildError(
+            raise ConfigError(
                 "need 1 <= min_batch_size <= opt_batch_size <= max_batch_size, got "
                 f"{self.min_batch_size}, {self.opt_batch_size}, "
                 f"{self.max_batch_size}"
             )
         if self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
-            raise BuildError("instances must be >= 1, queue_delay_us and threads >= 0")
+            raise ConfigError("instances must be >= 1, queue_delay_us and threads >= 0")
 
     def session_threads(self, sessions: int) -> int:
         """ONNX Runtime threads per session, sized so concurrent sessions share the cores."""

@@ -18,11 +18,14 @@ from pathlib import Path
 from dcam.build import repository as repo_mod
 from dcam.build import trt
 from dcam.build.config import BuildConfig
-from dcam.build.errors import BuildError
-from dcam.build.export import FUSED_OUTPUTS, FusedNet, export_onnx, level_names, load_feature_net
+from dcam.build.export import FusedNet, export_onnx, load_feature_net
 from dcam.build.parity import check_onnx, onnxruntime_session, output_errors, parity_images
 from dcam.build.simplify import onnx_io, simplify_onnx
-from dcam.training.manifest import read_manifest, versions, write_json_atomic
+from dcam.core.errors import BuildError, ManifestError, OutputExistsError
+from dcam.core.files import write_json_atomic
+from dcam.core.manifest import Manifest
+from dcam.core.names import ENSEMBLE_MODEL, OUTPUTS, POSTPROCESS_MODEL, ROLES
+from dcam.training.manifest import versions
 
 
 def resolve_target(target: str) -> str:
@@ -41,7 +44,7 @@ def resolve_target(target: str) -> str:
 
 def _prepare_out(out: Path, force: bool) -> Path:
     if out.exists() and not force:
-        raise BuildError(f"{out} exists; pass --force to replace it")
+        raise OutputExistsError(f"{out} exists; pass --force to replace it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -52,14 +55,21 @@ def _prepare_out(out: Path, force: bool) -> Path:
 
 
 def _export_checked(
-    net, name: str, outputs: list[str], work: Path, manifest: dict, cfg: BuildConfig, report: dict
+    net,
+    name: str,
+    outputs: list[str],
+    work: Path,
+    manifest: Manifest,
+    cfg: BuildConfig,
+    report: dict,
 ) -> Path:
     """Export, simplify, check against PyTorch; returns the simplified ONNX path."""
     start = time.perf_counter()
-    raw = export_onnx(net, work / f"{name}.raw.onnx", outputs, manifest["input"]["size"], cfg.opset)
+    size = list(manifest.input_size)
+    raw = export_onnx(net, work / f"{name}.raw.onnx", outputs, size, cfg.opset)
     simple = work / f"{name}.onnx"
     nodes = simplify_onnx(raw, simple)
-    parity = check_onnx(net, simple, outputs, manifest["input"]["size"][0], cfg.tolerance)
+    parity = check_onnx(net, simple, outputs, size[0], cfg.tolerance)
     report["models"][name] = {
         "onnx_nodes": nodes,
         "onnxruntime_vs_pytorch": parity,
@@ -112,56 +122,51 @@ def _serving_params(cfg: BuildConfig, target: str, sessions: int, extra: dict | 
     return {**params, **(extra or {})}
 
 
+def _runner(target: str) -> str | None:
+    """The Python-backend template serving an ONNX graph on the CPU; TensorRT needs none."""
+    return "onnx_runner.py" if target == "cpu" else None
+
+
 def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
-    levels = level_names(manifest)
-    for role in ("teacher", "student"):
+    for role in ROLES:
         net = load_feature_net(run_dir, manifest, role)
-        onnx_path = _export_checked(net, role, levels, work, manifest, cfg, report)
+        onnx_path = _export_checked(net, role, manifest.levels, work, manifest, cfg, report)
         io = report["models"][role]["io"]
         config = repo_mod.model_config(role, io, cfg, target, _serving_params(cfg, target, 2))
-        sources = {"model.py": repo_mod.template("onnx_runner.py")} if target == "cpu" else {}
-        version = repo_mod.write_model(tmp, role, config, sources)
+        version = repo_mod.write_model(tmp, config, _runner(target))
         _place_engine(onnx_path, version, target, cfg, tmp, report, role)
     teacher_io = report["models"]["teacher"]["io"]
     post_io = repo_mod.postprocess_io(manifest, teacher_io)
-    post_cfg = repo_mod.model_config(
-        "postprocess",
-        post_io,
-        cfg,
-        target,
-        repo_mod.postprocess_params(manifest, teacher_io, target),
-        python=True,
+    params = repo_mod.postprocess_params(manifest, teacher_io, target)
+    post = repo_mod.model_config(POSTPROCESS_MODEL, post_io, cfg, target, params, python=True)
+    repo_mod.write_model(tmp, post, "postprocess.py")
+    image = teacher_io["inputs"][0]
+    ensemble = repo_mod.ensemble_config(
+        ENSEMBLE_MODEL, image, teacher_io, post_io, cfg.max_batch_size
     )
-    repo_mod.write_postprocess(tmp, post_cfg)
-    repo_mod.write_model(
-        tmp,
-        "dcam",
-        repo_mod.ensemble_config(
-            "dcam", teacher_io["inputs"][0], teacher_io, post_io, cfg.max_batch_size
-        ),
-    )
+    repo_mod.write_model(tmp, ensemble)
 
 
 def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
     net = FusedNet(
         load_feature_net(run_dir, manifest, "teacher"),
         load_feature_net(run_dir, manifest, "student"),
-        manifest,
+        manifest.scoring,
     ).eval()
-    onnx_path = _export_checked(net, "dcam", list(FUSED_OUTPUTS), work, manifest, cfg, report)
-    io = report["models"]["dcam"]["io"]
-    extra = {"score_output": "score", "decision_output": "is_anomalous"}
-    config = repo_mod.model_config("dcam", io, cfg, target, _serving_params(cfg, target, 1, extra))
-    sources = {"model.py": repo_mod.template("onnx_runner.py")} if target == "cpu" else {}
-    version = repo_mod.write_model(tmp, "dcam", config, sources)
-    _place_engine(onnx_path, version, target, cfg, tmp, report, "dcam")
+    name = ENSEMBLE_MODEL
+    onnx_path = _export_checked(net, name, list(OUTPUTS), work, manifest, cfg, report)
+    io = report["models"][name]["io"]
+    extra = {"score_output": OUTPUTS[1], "decision_output": OUTPUTS[2]}
+    config = repo_mod.model_config(name, io, cfg, target, _serving_params(cfg, target, 1, extra))
+    version = repo_mod.write_model(tmp, config, _runner(target))
+    _place_engine(onnx_path, version, target, cfg, tmp, report, name)
 
 
 def build_repository(cfg: BuildConfig) -> dict:
     """Run the whole build; returns the build report also written to OUT/build_report.json."""
     start = time.perf_counter()
     run_dir, out = Path(cfg.run_dir), Path(cfg.out)
-    manifest = read_manifest(run_dir)
+    manifest = Manifest.read(run_dir)
     target = resolve_target(cfg.target)
     tmp = _prepare_out(out, cfg.force)
     report: dict = {
@@ -179,7 +184,7 @@ def build_repository(cfg: BuildConfig) -> dict:
         if target == "trt":
             report["gpu"] = trt.gpu_info()
         report["seconds"] = time.perf_counter() - start
-        write_json_atomic(tmp / "manifest.json", manifest)
+        manifest.write(tmp)
         write_json_atomic(tmp / "build_report.json", report)
         if out.exists():
             shutil.rmtree(out)
@@ -215,5 +220,5 @@ def worst_errors(report: dict) -> dict[str, float]:
 def read_build_report(repo: Path) -> dict:
     path = Path(repo) / "build_report.json"
     if not path.is_file():
-        raise BuildError(f"{path} does not exist: is {repo} a dcam-build output?")
+        raise ManifestError(f"{path} does not exist: is {repo} a dcam-build output?")
     return json.loads(path.read_text())

@@ -13,16 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcam.build.errors import BuildError
-from dcam.training import anomaly_map as amap
+from dcam.core import scoring
+from dcam.core.errors import BuildError
+from dcam.core.manifest import Manifest
+from dcam.core.names import IMAGE
+from dcam.core.scoring import ScoringSpec
 from dcam.training.model import FeatureExtractor, Normalize, read_state_dict
-
-IMAGE = "IMAGE"
-FUSED_OUTPUTS = ("anomaly_map", "score", "is_anomalous")
-
-
-def level_names(manifest: dict) -> list[str]:
-    return list(manifest["layers"])
 
 
 class FeatureNet(nn.Module):
@@ -38,23 +34,19 @@ class FeatureNet(nn.Module):
 
 
 class FusedNet(nn.Module):
-    """Teacher, student and the anomaly-map maths in one graph (no Python hop in serving)."""
+    """Teacher, student and the scoring rule in one graph (no Python hop in serving).
 
-    def __init__(self, teacher: FeatureNet, student: FeatureNet, manifest: dict) -> None:
+    Outputs, in `OUTPUTS` order: the anomaly map, the normalised score and the decision with
+    the global calibration baked in as constants.
+    """
+
+    def __init__(self, teacher: FeatureNet, student: FeatureNet, spec: ScoringSpec) -> None:
         super().__init__()
-        self.teacher, self.student = teacher, student
-        self.size = tuple(manifest["input"]["size"])
-        self.combine = manifest["anomaly_map"]["combine"]
-        self.sigma = float(manifest["anomaly_map"]["gaussian_sigma"])
-        glob = manifest["normalization"]["global"]
-        self.mean, self.std, self.threshold = glob["mean"], glob["std"], glob["threshold"]
+        self.teacher, self.student, self.spec = teacher, student, spec
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        maps = amap.anomaly_map(
-            self.teacher(images), self.student(images), self.size, self.combine, self.sigma
-        )
-        score = amap.normalise_scores(amap.image_scores(maps), self.mean, self.std)
-        return maps, score[:, None], amap.decide(score, self.threshold)[:, None]
+        scored = scoring.score(self.spec, self.teacher(images), self.student(images))
+        return scored.maps, scored.normalised[:, None], scored.decisions[:, None]
 
 
 def _load_weights(path: Path) -> dict:
@@ -67,16 +59,16 @@ def _load_weights(path: Path) -> dict:
     return state
 
 
-def load_feature_net(run_dir: Path, manifest: dict, role: str) -> FeatureNet:
+def load_feature_net(run_dir: Path, manifest: Manifest, role: str) -> FeatureNet:
     """teacher.pt or student.pt as a FeatureNet; refuses weights of another backbone."""
-    net = FeatureNet(manifest["backbone"], manifest["mean"], manifest["std"])
-    state = _load_weights(Path(run_dir) / manifest["files"][role])
+    net = FeatureNet(manifest.backbone, manifest.mean, manifest.std)
+    state = _load_weights(Path(run_dir) / manifest.weights_file(role))
     try:
         net.net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BuildError(
             f"{role} weights do not match the manifest's backbone "
-            f"{manifest['backbone']!r}: {str(exc).splitlines()[0]}"
+            f"{manifest.backbone!r}: {str(exc).splitlines()[0]}"
         ) from exc
     return net.eval()
 

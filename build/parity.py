@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcam.build.errors import BuildError
-from dcam.training.synthetic import CATEGORIES, render_defect, render_good
-
-INPUT = "IMAGE"
+from dcam.core.errors import BuildError
+from dcam.core.names import IMAGE
+from dcam.datasets.synthetic import CATEGORIES, render_defect, render_good
 
 
 def parity_images(size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -58,7 +57,7 @@ def check_onnx(
     for kind, images in parity_images(size).items():
         with torch.no_grad():
             ref = [t.numpy() for t in net(torch.from_numpy(images))]
-        got = session.run(list(names), {INPUT: images})
+        got = session.run(list(names), {IMAGE: images})
         errors = output_errors(ref, got, names)
         report[kind] = errors
         worst = max(errors.items(), key=lambda kv: kv[1]["max_rel"])

@@ -1,69 +1,62 @@
 """Write Triton model configurations and lay out the model repository.
 
-Every value comes from the manifest, the exported graphs' actual I/O and the build flags; nothing
-is hand-edited. The Python-backend sources come from the `dcam.model_repository` templates and
-the anomaly-map maths is copied beside the post-processing model, so the repository also runs in
-a stock Triton container without dcam installed.
+Each config.pbtxt is a `ModelConfig` message from Triton's own protobuf (shipped in tritonclient)
+written with protobuf's text_format, so field names and enums are checked by construction. Every
+value comes from the manifest, the exported graphs' actual I/O and the build flags. The
+Python-backend sources come from the `dcam.model_repository` templates, with the scoring rule
+(`anomaly_map.py`, `scoring.py`) and `batching.py` copied beside them, so the repository also runs
+in a stock Triton container without dcam installed.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from dcam.build.config import BuildConfig
-from dcam.training import anomaly_map
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
-TRITON_TYPES = {
-    "uint8": "TYPE_UINT8",
-    "float32": "TYPE_FP32",
-    "float16": "TYPE_FP16",
-    "bool": "TYPE_BOOL",
-    "int64": "TYPE_INT64",
+from dcam.build.config import BuildConfig
+from dcam.core import anomaly_map, batching, scoring
+from dcam.core.manifest import Manifest
+from dcam.core.names import (
+    ANOMALY_MAP,
+    IS_ANOMALOUS,
+    POSTPROCESS_MODEL,
+    ROLES,
+    SCORE,
+    feature_name,
+)
+
+DATA_TYPES = {
+    "uint8": mc.TYPE_UINT8,
+    "float32": mc.TYPE_FP32,
+    "float16": mc.TYPE_FP16,
+    "bool": mc.TYPE_BOOL,
+    "int64": mc.TYPE_INT64,
 }
 POSTPROCESS_OUTPUTS = [
-    ("anomaly_map", "float32", None),
-    ("score", "float32", [1]),
-    ("is_anomalous", "bool", [1]),
+    (ANOMALY_MAP, "float32", None),
+    (SCORE, "float32", [1]),
+    (IS_ANOMALOUS, "bool", [1]),
 ]
+# Copied beside every Python-backend model: the scoring rule and the request batching.
+SUPPORT_MODULES = (anomaly_map, scoring, batching)
 
 
-def _dims(dims: list[int]) -> str:
-    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+def _tensors(cls: type, tensors: list[dict]) -> list:
+    return [cls(name=t["name"], data_type=DATA_TYPES[t["dtype"]], dims=t["dims"]) for t in tensors]
 
 
-def _tensors(kind: str, tensors: list[dict]) -> str:
-    items = ",\n".join(
-        f'  {{\n    name: "{t["name"]}"\n    data_type: {TRITON_TYPES[t["dtype"]]}\n'
-        f"    dims: {_dims(t['dims'])}\n  }}"
-        for t in tensors
-    )
-    return f"{kind} [\n{items}\n]\n"
-
-
-def _parameters(params: dict[str, str]) -> str:
-    return "".join(
-        f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
-        for k, v in params.items()
-    )
-
-
-def _batching(cfg: BuildConfig) -> str:
-    preferred = sorted({cfg.opt_batch_size, cfg.max_batch_size})
-    return (
-        f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
-        f"  max_queue_delay_microseconds: {cfg.queue_delay_us}\n}}\n"
-    )
-
-
-def _warmup(image: dict) -> str:
-    return (
-        f'model_warmup [\n  {{\n    name: "warmup_batch_1"\n    batch_size: 1\n'
-        f'    inputs {{ key: "{image["name"]}" value: {{ data_type: '
-        f"{TRITON_TYPES[image['dtype']]} dims: {_dims(image['dims'])} random_data: true }} }}"
-        f"\n  }}\n]\n"
-    )
+def _warmup(config: mc.ModelConfig, image: dict) -> None:
+    """One random batch at load, so the first real request does not pay for lazy set-up."""
+    warmup = config.model_warmup.add(name="warmup_batch_1", batch_size=1)
+    data = warmup.inputs[image["name"]]
+    data.data_type = DATA_TYPES[image["dtype"]]
+    data.dims.extend(image["dims"])
+    data.random_data = True
 
 
 def model_config(
@@ -71,54 +64,54 @@ def model_config(
     io: dict,
     cfg: BuildConfig,
     target: str,
-    params: dict[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
     python: bool | None = None,
-) -> str:
-    """config.pbtxt of one served model: a TensorRT plan on GPU, else the Python backend."""
+) -> mc.ModelConfig:
+    """One served model: a TensorRT plan on GPU, else the Python backend."""
     python = target == "cpu" if python is None else python
-    kind = "KIND_GPU" if target == "trt" else "KIND_CPU"
-    head = f'name: "{name}"\n'
-    head += (
-        'backend: "python"\n'
-        if python
-        else ('platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n')
+    config = mc.ModelConfig(name=name, max_batch_size=cfg.max_batch_size)
+    if python:
+        config.backend = "python"
+    else:
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = "model.plan"
+    config.input.extend(_tensors(mc.ModelInput, io["inputs"]))
+    config.output.extend(_tensors(mc.ModelOutput, io["outputs"]))
+    config.dynamic_batching.preferred_batch_size.extend(
+        sorted({cfg.opt_batch_size, cfg.max_batch_size})
     )
-    text = head + f"max_batch_size: {cfg.max_batch_size}\n"
-    text += _tensors("input", io["inputs"]) + _tensors("output", io["outputs"])
-    text += _batching(cfg)
-    text += f"instance_group [ {{ kind: {kind} count: {cfg.instances} }} ]\n"
-    text += _parameters(params or {})
+    config.dynamic_batching.max_queue_delay_microseconds = cfg.queue_delay_us
+    kind = mc.ModelInstanceGroup.KIND_GPU if target == "trt" else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(kind=kind, count=cfg.instances)
+    for key, value in (params or {}).items():
+        config.parameters[key].string_value = value
     if io["inputs"][0]["dtype"] == "uint8":
-        text += _warmup(io["inputs"][0])
-    return text
+        _warmup(config, io["inputs"][0])
+    return config
 
 
-def postprocess_io(manifest: dict, teacher_io: dict) -> dict:
+def postprocess_io(manifest: Manifest, teacher_io: dict) -> dict:
     """Inputs: each level of teacher and student (from the graph); outputs: map, score, flag."""
     inputs = [
-        {**o, "name": f"{role}_{o['name']}"}
-        for role in ("teacher", "student")
+        {**o, "name": feature_name(role, o["name"])}
+        for role in ROLES
         for o in teacher_io["outputs"]
     ]
-    size = list(manifest["input"]["size"])
+    size = list(manifest.input_size)
     outputs = [{"name": n, "dtype": t, "dims": d or size} for n, t, d in POSTPROCESS_OUTPUTS]
     return {"inputs": inputs, "outputs": outputs}
 
 
-def postprocess_params(manifest: dict, teacher_io: dict, target: str) -> dict[str, str]:
+def postprocess_params(manifest: Manifest, teacher_io: dict, target: str) -> dict[str, str]:
+    """What the post-processing model reads in `initialize`: tensor roles and the scoring rule."""
     levels = [o["name"] for o in teacher_io["outputs"]]
-    glob = manifest["normalization"]["global"]
-    height, width = manifest["input"]["size"]
     return {
-        "teacher_inputs": ",".join(f"teacher_{n}" for n in levels),
-        "student_inputs": ",".join(f"student_{n}" for n in levels),
-        "height": str(height),
-        "width": str(width),
-        "combine": manifest["anomaly_map"]["combine"],
-        "sigma": repr(float(manifest["anomaly_map"]["gaussian_sigma"])),
-        "score_mean": repr(glob["mean"]),
-        "score_std": repr(glob["std"]),
-        "threshold": repr(glob["threshold"]),
+        "teacher_inputs": ",".join(feature_name("teacher", n) for n in levels),
+        "student_inputs": ",".join(feature_name("student", n) for n in levels),
+        "scoring": manifest.scoring.to_json(),
+        "map_output": ANOMALY_MAP,
+        "score_output": SCORE,
+        "decision_output": IS_ANOMALOUS,
         # One BLAS thread: the maths is small, and spinning BLAS threads beside the busy
         # teacher/student instances slowed it 50x on a 2-core machine (benchmarks/README.md).
         "blas_threads": "1",
@@ -129,48 +122,36 @@ def postprocess_params(manifest: dict, teacher_io: dict, target: str) -> dict[st
 
 def ensemble_config(
     name: str, image: dict, teacher_io: dict, post_io: dict, max_batch_size: int
-) -> str:
+) -> mc.ModelConfig:
     """`IMAGE -> teacher || student -> postprocess` as a Triton ensemble."""
-
-    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
-        maps = "".join(f'    input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in inputs.items())
-        maps += "".join(
-            f'    output_map {{ key: "{k}" value: "{v}" }}\n' for k, v in outputs.items()
-        )
-        return f'  {{\n    model_name: "{model}"\n    model_version: -1\n{maps}  }}'
-
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    config.input.extend(_tensors(mc.ModelInput, [image]))
+    config.output.extend(_tensors(mc.ModelOutput, post_io["outputs"]))
     levels = [o["name"] for o in teacher_io["outputs"]]
-    steps = [
-        step(role, {image["name"]: image["name"]}, {n: f"{role}_{n}" for n in levels})
-        for role in ("teacher", "student")
-    ]
-    steps.append(
-        step(
-            "postprocess",
-            {t["name"]: t["name"] for t in post_io["inputs"]},
-            {t["name"]: t["name"] for t in post_io["outputs"]},
-        )
-    )
-    text = f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
-    text += _tensors("input", [image]) + _tensors("output", post_io["outputs"])
-    return text + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+    for role in ROLES:
+        step = config.ensemble_scheduling.step.add(model_name=role, model_version=-1)
+        step.input_map[image["name"]] = image["name"]
+        step.output_map.update({n: feature_name(role, n) for n in levels})
+    post = config.ensemble_scheduling.step.add(model_name=POSTPROCESS_MODEL, model_version=-1)
+    post.input_map.update({t["name"]: t["name"] for t in post_io["inputs"]})
+    post.output_map.update({t["name"]: t["name"] for t in post_io["outputs"]})
+    return config
 
 
 def template(name: str) -> str:
     return resources.files("dcam.model_repository").joinpath("templates", name).read_text()
 
 
-def write_model(repo: Path, name: str, config: str, sources: dict[str, str] | None = None) -> Path:
-    """`<repo>/<name>/config.pbtxt` and version folder 1 (ensembles need it too, empty)."""
-    version = repo / name / "1"
+def write_model(repo: Path, config: mc.ModelConfig, template_name: str | None = None) -> Path:
+    """`<repo>/<name>/config.pbtxt` and version folder 1 (ensembles need it too, empty).
+
+    With a template, the version folder gets it as model.py plus the support modules.
+    """
+    version = repo / config.name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    (repo / name / "config.pbtxt").write_text(config)
-    for filename, text in (sources or {}).items():
-        (version / filename).write_text(text)
-    return version
-
-
-def write_postprocess(repo: Path, config: str) -> Path:
-    version = write_model(repo, "postprocess", config, {"model.py": template("postprocess.py")})
-    shutil.copy2(anomaly_map.__file__, version / "anomaly_map.py")
+    (repo / config.name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    if template_name is not None:
+        (version / "model.py").write_text(template(template_name))
+        for module in SUPPORT_MODULES:
+            shutil.copy2(module.__file__, version / Path(module.__file__).name)
     return version

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcam.build.errors import BuildError
+from dcam.core.errors import BuildError
 
 
 def simplify_onnx(src: Path, dst: Path) -> dict:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from dcam.build.errors import BuildError
+from dcam.core.errors import BuildError
 
 
 def missing_for_trt() -> list[str]:

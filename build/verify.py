@@ -1,5 +1,5 @@
 """`dcam-build verify`: serve a built repository with the real tritonserver and compare it with
-the in-process PyTorch reference (same weights, same anomaly-map maths) over HTTP and gRPC.
+the in-process PyTorch reference (same weights, same scoring rule) over HTTP and gRPC.
 
 Reads the repository's `build_report.json` (to find the training run) and `manifest.json`.
 """
@@ -12,44 +12,44 @@ import numpy as np
 import torch
 
 from dcam.build.engines import read_build_report
-from dcam.build.errors import BuildError
 from dcam.build.export import load_feature_net
 from dcam.build.parity import output_errors, parity_images
-from dcam.build.server import ServerConfig, TritonServer
-from dcam.training import anomaly_map as amap
-from dcam.training.manifest import read_manifest
+from dcam.core import scoring
+from dcam.core.errors import BuildError
+from dcam.core.manifest import Manifest
+from dcam.core.names import ENSEMBLE_MODEL, IMAGE, OUTPUTS
+from dcam.core.scoring import THRESHOLD_PARAMETER
+from dcam.serve.server import ServerConfig, TritonServer
 
-OUTPUTS = ("anomaly_map", "score", "is_anomalous")
 
-
-def reference_outputs(run_dir: Path, manifest: dict, images: np.ndarray) -> list[np.ndarray]:
-    """What the served `dcam` model must return, computed in this process."""
+def reference_outputs(run_dir: Path, manifest: Manifest, images: np.ndarray) -> list[np.ndarray]:
+    """What the served `dcam` model must return, computed in this process, in `OUTPUTS` order."""
     teacher = load_feature_net(run_dir, manifest, "teacher")
     student = load_feature_net(run_dir, manifest, "student")
     x = torch.from_numpy(images)
     with torch.no_grad():
         t_feats = [f.numpy() for f in teacher(x)]
         s_feats = [f.numpy() for f in student(x)]
-    spec = manifest["anomaly_map"]
-    maps = amap.anomaly_map(
-        t_feats, s_feats, tuple(manifest["input"]["size"]), spec["combine"], spec["gaussian_sigma"]
-    )
-    glob = manifest["normalization"]["global"]
-    scores = amap.normalise_scores(amap.image_scores(maps), glob["mean"], glob["std"])
-    return [maps, scores[:, None], amap.decide(scores, glob["threshold"])[:, None]]
+    scored = scoring.score(manifest.scoring, t_feats, s_feats)
+    return [scored.maps, scored.normalised[:, None], scored.decisions[:, None]]
 
 
 def infer(
-    protocol: str, url: str, images: np.ndarray, model: str = "dcam", threshold: float | None = None
+    protocol: str,
+    url: str,
+    images: np.ndarray,
+    model: str = ENSEMBLE_MODEL,
+    threshold: float | None = None,
 ) -> list[np.ndarray]:
+    """One synchronous request with tritonclient; the outputs in `OUTPUTS` order."""
     if protocol == "http":
         import tritonclient.http as client
     else:
         import tritonclient.grpc as client
     conn = client.InferenceServerClient(url)
-    image = client.InferInput("IMAGE", list(images.shape), "UINT8")
+    image = client.InferInput(IMAGE, list(images.shape), "UINT8")
     image.set_data_from_numpy(images)
-    params = None if threshold is None else {"threshold": threshold}
+    params = None if threshold is None else {THRESHOLD_PARAMETER: threshold}
     result = conn.infer(model, [image], parameters=params)
     return [result.as_numpy(name) for name in OUTPUTS]
 
@@ -58,7 +58,7 @@ def _compare(ref: list[np.ndarray], got: list[np.ndarray], threshold: float) -> 
     errors = output_errors(ref[:2], got[:2], OUTPUTS[:2])
     # A decision may flip only for a score within rounding distance of the threshold.
     clear = np.abs(ref[1] - threshold) > 1e-3
-    errors["is_anomalous"] = {"mismatches": int((ref[2] != got[2])[clear].sum())}
+    errors[OUTPUTS[2]] = {"mismatches": int((ref[2] != got[2])[clear].sum())}
     return errors
 
 
@@ -71,14 +71,14 @@ def verify_repository(
     """Serve `repo`, send a batch of 1 and one larger than the preferred size, compare."""
     build = read_build_report(repo)
     run_dir = Path(run_dir or build["run_dir"])
-    manifest = read_manifest(Path(repo))
-    size = manifest["input"]["size"][0]
+    manifest = Manifest.read(Path(repo))
+    size = manifest.input_size[0]
     big = min(build["config"]["opt_batch_size"] + 2, build["config"]["max_batch_size"])
     images = np.concatenate(
         [parity_images(size, seed)["generated"] for seed in range(big // 5 + 1)]
     )
     batches = {"batch_1": images[:1], f"batch_{big}": images[:big]}
-    threshold = manifest["normalization"]["global"]["threshold"]
+    threshold = manifest.scoring.calibration.threshold
     report: dict = {"repository": str(repo), "run_dir": str(run_dir), "results": {}}
     with TritonServer(ServerConfig(Path(repo))) as server:
         urls = {"http": server.http_url, "grpc": server.grpc_url}

@@ -1,4 +1,2 @@
-"""dcam.client: pushes production-line images through Triton; never imports torch.
-
-Not implemented yet (issue 4).
-"""
+"""dcam.client: pushes production-line images through Triton (`dcam-client`); never imports
+torch. Reads image folders; writes results (.jsonl or .csv) and optional heatmap PNGs."""

@@ -1,6 +1,7 @@
 """Command line: `dcam-client score --dir DIR` (and `dcam-client auroc` for labelled folders).
 
-Only this layer turns library errors into messages and exit codes.
+`score` options map onto `ScoreConfig` fields and take their defaults from there; only this
+layer turns library errors into messages and exit codes (through `reports_errors`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from dcam.client.errors import ClientError
 from dcam.client.files import HotFolder, list_files
 from dcam.client.heatmap import heatmap_path, render_heatmap
-from dcam.client.results import Result, ResultWriter, done_paths, read_results
+from dcam.client.results import Result, ResultWriter, open_results, read_results
 from dcam.client.score import ScoreConfig, Scorer
-from dcam.training.images import load_image
+from dcam.core.cli import default, reports_errors
+from dcam.core.images import load_image
+from dcam.core.metrics import auroc
 
 
 class Tally:
@@ -107,6 +109,10 @@ def client_group() -> None:
     """Score production-line images with a dcam model served by Triton."""
 
 
+def _d(name: str):
+    return default(ScoreConfig, name)
+
+
 @client_group.command("score", context_settings={"show_default": True})
 @click.option(
     "--dir",
@@ -121,13 +127,13 @@ def client_group() -> None:
     "--url",
     "urls",
     multiple=True,
-    default=("127.0.0.1:8001",),
+    default=_d("urls"),
     help="Triton server host:port; repeat to spread batches over several servers.",
 )
-@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc")
-@click.option("--batch-size", type=int, default=8)
-@click.option("--concurrency", type=int, default=4, help="Requests in flight.")
-@click.option("--workers", type=int, default=max(2, os.cpu_count() or 2), help="Decoders.")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default=_d("protocol"))
+@click.option("--batch-size", type=int, default=_d("batch_size"))
+@click.option("--concurrency", type=int, default=_d("concurrency"), help="Requests in flight.")
+@click.option("--workers", type=int, default=_d("workers"), help="Decoders.")
 @click.option(
     "--output",
     default="scores.jsonl",
@@ -143,21 +149,24 @@ def client_group() -> None:
 @click.option(
     "--threshold",
     type=float,
-    default=None,
+    default=_d("threshold"),
     help="Override the deployed decision threshold (normalised score).",
 )
-@click.option("--model", default="dcam")
-@click.option("--timeout", type=float, default=30.0, help="Per-request timeout in seconds.")
-@click.option("--retries", type=int, default=6, help="Attempts per batch after the first.")
+@click.option("--model", default=_d("model"))
+@click.option("--timeout", type=float, default=_d("timeout_s"), help="Per-request timeout, s.")
+@click.option(
+    "--retries", type=int, default=_d("retries"), help="Attempts per batch after the first."
+)
 @click.option(
     "--ready-timeout",
     type=float,
-    default=60.0,
+    default=_d("ready_timeout_s"),
     help="How long to wait for a ready server at start.",
 )
 @click.option("--resume", is_flag=True, help="Skip files already in --output and append.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 @click.option("--watch", is_flag=True, help="Keep scoring new files as they land (Ctrl-C ends).")
+@reports_errors
 def score_command(
     root: str,
     recursive: bool,
@@ -180,10 +189,6 @@ def score_command(
 ) -> None:
     """Score every image under --dir; exit status 1 if any file failed."""
     out = Path(output)
-    if out.exists() and out.stat().st_size and not (resume or force):
-        raise click.ClickException(f"{out} exists; pass --resume to continue it or --force")
-    done = done_paths(out) if resume else set()
-    paths = [p for p in list_files(Path(root), recursive, pattern) if os.fsdecode(p) not in done]
     cfg = ScoreConfig(
         urls=urls,
         protocol=protocol,
@@ -197,21 +202,18 @@ def score_command(
         threshold=threshold,
         keep_maps=heatmaps is not None,
     )
+    writer, done = open_results(out, resume, force)
+    paths = [p for p in list_files(Path(root), recursive, pattern) if os.fsdecode(p) not in done]
     hot = (
         HotFolder(Path(root), recursive, pattern, done | {os.fsdecode(p) for p in paths})
         if watch
         else None
     )
     tally = Tally()
-    try:
-        with ResultWriter(out, append=resume) as writer:
-            asyncio.run(
-                _run(
-                    paths, cfg, writer, tally, Path(heatmaps) if heatmaps else None, Path(root), hot
-                )
-            )
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with writer:
+        asyncio.run(
+            _run(paths, cfg, writer, tally, Path(heatmaps) if heatmaps else None, Path(root), hot)
+        )
     click.echo(tally.summary() + (f" (skipped {len(done)} already in {out})" if done else ""))
     if tally.failures:
         for failure in tally.failures[:50]:
@@ -221,17 +223,13 @@ def score_command(
 
 @client_group.command("auroc")
 @click.argument("results", type=click.Path(dir_okay=False, exists=True))
+@reports_errors
 def auroc_command(results: str) -> None:
     """Image AUROC of a results file whose paths sit in good/ or <defect>/ folders."""
-    from dcam.training.metrics import auroc
-
     rows = [r for r in read_results(Path(results)) if r.get("score") not in (None, "")]
     labels = np.array([Path(r["path"]).parent.name != "good" for r in rows])
     scores = np.array([float(r["score"]) for r in rows])
-    try:
-        value = auroc(labels, scores)
-    except ValueError as exc:
-        raise click.ClickException(f"{results}: {exc}") from exc
+    value = auroc(labels, scores)
     click.echo(
         f"image AUROC {100 * value:.2f} over {len(rows)} scored images "
         f"({int(labels.sum())} anomalous)"

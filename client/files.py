@@ -9,7 +9,7 @@ import fnmatch
 import os
 from pathlib import Path
 
-from dcam.training.images import IMAGE_SUFFIXES
+from dcam.core.images import IMAGE_SUFFIXES
 
 
 def _matches(path: Path, root: Path, pattern: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcam.client.errors import ClientError
+from dcam.core.errors import ConfigError, OutputExistsError
 
 FIELDS = ("path", "score", "is_anomalous", "error", "latency_ms")
 
@@ -88,7 +88,7 @@ def _ends_with_newline(path: Path) -> bool:
 def _kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
-        raise ClientError(f"output {path}: use a .csv or .jsonl file name")
+        raise ConfigError(f"output {path}: use a .csv or .jsonl file name")
     return suffix[1:]
 
 
@@ -112,3 +112,17 @@ def read_results(path: Path) -> list[dict]:
 def done_paths(path: Path) -> set[str]:
     """Paths already in an output file, scored or failed, for --resume."""
     return {row["path"] for row in read_results(path)}
+
+
+def open_results(path: Path, resume: bool, force: bool) -> tuple[ResultWriter, set[str]]:
+    """The output writer and, for resume, the paths it already holds; never overwrites silently.
+
+    Raises:
+        OutputExistsError: the file has results and neither resume nor force was asked for.
+    """
+    path = Path(path)
+    _kind(path)
+    if path.exists() and path.stat().st_size and not (resume or force):
+        raise OutputExistsError(f"{path} exists; pass --resume to continue it or --force")
+    done = done_paths(path) if resume else set()
+    return ResultWriter(path, append=resume), done

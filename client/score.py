@@ -16,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dcam.client.errors import ClientError
 from dcam.client.results import Result
-from dcam.client.triton import DECISION_OUTPUTS, OUTPUTS, ServerPool
-from dcam.training.images import ImageError, load_image
+from dcam.client.triton import ServerPool
+from dcam.core.errors import ClientError, ConfigError, ImageError
+from dcam.core.images import load_image
+from dcam.core.names import ANOMALY_MAP, DECISION_OUTPUTS, IS_ANOMALOUS, OUTPUTS, SCORE
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    """How to score; `dcam-client score` flags map onto these fields and take their defaults."""
+
     urls: tuple[str, ...] = ("127.0.0.1:8001",)
     protocol: str = "grpc"  # grpc by default; http on request
     model: str = "dcam"
@@ -31,7 +34,7 @@ class ScoreConfig:
     concurrency: int = 4  # requests in flight
     workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))  # decoders
     timeout_s: float = 30.0  # per request
-    retries: int = 6
+    retries: int = 6  # attempts per batch after the first; back-off doubles up to 30 s
     ready_timeout_s: float = 60.0
     threshold: float | None = None  # overrides the deployed threshold
     keep_maps: bool = False  # return anomaly maps (for heatmaps)
@@ -63,7 +66,7 @@ class Scorer:
 
     def __init__(self, config: ScoreConfig) -> None:
         if config.batch_size < 1 or config.concurrency < 1:
-            raise ClientError("batch_size and concurrency must be at least 1")
+            raise ConfigError("batch_size and concurrency must be at least 1")
         self.config = config
         self.pool = ServerPool(
             list(config.urls), config.protocol, config.model, config.timeout_s, config.retries
@@ -108,10 +111,10 @@ class Scorer:
             for k, i in enumerate(good if out is not None else []):
                 results[i] = Result(
                     os.fsdecode(paths[i]),
-                    score=float(out["score"][k, 0]),
-                    is_anomalous=bool(out["is_anomalous"][k, 0]),
+                    score=float(out[SCORE][k, 0]),
+                    is_anomalous=bool(out[IS_ANOMALOUS][k, 0]),
                     latency_ms=latency,
-                    anomaly_map=out["anomaly_map"][k] if self.config.keep_maps else None,
+                    anomaly_map=out[ANOMALY_MAP][k] if self.config.keep_maps else None,
                 )
         return [results[i] for i in range(len(paths))]
 

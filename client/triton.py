@@ -11,30 +11,40 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 
+import aiohttp
+import grpc
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
-from dcam.client.errors import ClientError, RetryableError
+from dcam.core.errors import ClientError, RetryableError
+from dcam.core.names import IMAGE, OUTPUTS
+from dcam.core.scoring import THRESHOLD_PARAMETER
 
-OUTPUTS = ("anomaly_map", "score", "is_anomalous")
-DECISION_OUTPUTS = ("score", "is_anomalous")  # without the map: 256 KiB less per image
-_RETRYABLE_MARKERS = (
-    "unavailable",
-    "connect",
-    "refused",
-    "reset",
-    "overload",
-    "exceeds",
-    "timeout",
-    "deadline",
-    "broken pipe",
-    "server disconnected",
-    "503",
-    "not ready",
-    "unknown model",
-    "socket closed",
-    "eof",
-)
+# What tritonclient reports as InferenceServerException.status() for a server that is down,
+# restarting, overloaded (a full queue) or too slow: worth another try. Anything else (a bad
+# request, an unknown model, a model that failed) is permanent.
+RETRYABLE_STATUS = {
+    *(
+        str(code)  # gRPC: "StatusCode.UNAVAILABLE", as tritonclient formats it
+        for code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.ABORTED,
+        )
+    ),
+    *(
+        str(int(code))  # HTTP: "503"
+        for code in (
+            HTTPStatus.TOO_MANY_REQUESTS,
+            HTTPStatus.BAD_GATEWAY,
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            HTTPStatus.GATEWAY_TIMEOUT,
+        )
+    ),
+}
 
 
 def _client_module(protocol: str):
@@ -48,11 +58,15 @@ def _client_module(protocol: str):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Transport and availability failures are retried; a bad request is not."""
+    """Transport and availability failures are retried; a bad request is not.
+
+    Decided on the status code tritonclient's exception carries, never on message text.
+    """
     if isinstance(exc, (asyncio.TimeoutError, ConnectionError, OSError)):
         return True
-    text = str(exc).lower()
-    return any(marker in text for marker in _RETRYABLE_MARKERS)
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return True  # the HTTP client's own transport failures (server gone mid-response)
+    return isinstance(exc, InferenceServerException) and exc.status() in RETRYABLE_STATUS
 
 
 @dataclass
@@ -105,10 +119,10 @@ class Server:
         timeout_s: float,
         names: tuple[str, ...] = OUTPUTS,
     ) -> dict[str, np.ndarray]:
-        image = self.module.InferInput("IMAGE", list(images.shape), "UINT8")
+        image = self.module.InferInput(IMAGE, list(images.shape), "UINT8")
         image.set_data_from_numpy(images)
         outputs = [self.module.InferRequestedOutput(name) for name in names]
-        params = None if threshold is None else {"threshold": float(threshold)}
+        params = None if threshold is None else {THRESHOLD_PARAMETER: float(threshold)}
         result = await asyncio.wait_for(
             self.client.infer(model, [image], outputs=outputs, parameters=params), timeout_s
         )
@@ -124,15 +138,15 @@ def parse_spec(metadata: dict, model: str) -> ModelSpec:
     """Check the model's inputs and outputs against what the client sends and reads."""
     inputs = {i["name"]: i for i in metadata.get("inputs", [])}
     outputs = {o["name"] for o in metadata.get("outputs", [])}
-    image = inputs.get("IMAGE")
+    image = inputs.get(IMAGE)
     if image is None or image.get("datatype") != "UINT8" or len(image.get("shape", [])) != 4:
         raise ClientError(
-            f"model {model!r} does not take IMAGE as UINT8 [batch, H, W, 3]: "
+            f"model {model!r} does not take {IMAGE} as UINT8 [batch, H, W, 3]: "
             f"inputs {list(inputs.values())}"
         )
     _, height, width, channels = (int(d) for d in image["shape"])
     if channels != 3 or height <= 0 or width <= 0:
-        raise ClientError(f"model {model!r} has IMAGE shape {image['shape']}; need [-1, H, W, 3]")
+        raise ClientError(f"model {model!r} has {IMAGE} shape {image['shape']}; need [-1, H, W, 3]")
     missing = set(OUTPUTS) - outputs
     if missing:
         raise ClientError(f"model {model!r} lacks outputs {sorted(missing)}")
@@ -147,8 +161,8 @@ class ServerPool:
         urls: list[str],
         protocol: str,
         model: str,
-        timeout_s: float = 30.0,
-        retries: int = 5,
+        timeout_s: float,
+        retries: int,
         backoff_s: float = 0.5,
     ) -> None:
         if not urls:
@@ -186,17 +200,24 @@ class ServerPool:
                 return server
         return None
 
+    async def _next_up(self) -> Server:
+        """The next healthy server, waiting out the shortest back-off when all are down."""
+        while (server := self._pick()) is None:
+            wait = min(s.down_until for s in self.servers) - time.monotonic()
+            await asyncio.sleep(max(wait, 0.05))
+        return server
+
     async def infer(
         self, images: np.ndarray, threshold: float | None = None, names: tuple[str, ...] = OUTPUTS
     ) -> dict:
-        """Send one batch, retrying on another (or the same, later) server when one fails."""
+        """Send one batch, retrying on another (or the same, later) server when one fails.
+
+        The one back-off is the failed server's: it is out for backoff_s * 2^(failures - 1)
+        (at most 30 s) and the next attempt goes to a healthy server or waits for one.
+        """
         last: BaseException | None = None
-        for attempt in range(self.retries + 1):
-            server = self._pick()
-            if server is None:
-                wait = min(s.down_until for s in self.servers) - time.monotonic()
-                await asyncio.sleep(max(wait, 0.05))
-                continue
+        for _ in range(self.retries + 1):
+            server = await self._next_up()
             try:
                 outputs = await server.infer(self.model, images, threshold, self.timeout_s, names)
             except Exception as exc:
@@ -204,7 +225,6 @@ class ServerPool:
                     raise ClientError(f"{server.url}: {exc}") from exc
                 last = exc
                 server.mark_down(self.backoff_s)
-                await asyncio.sleep(self.backoff_s * 2**attempt)
                 continue
             server.mark_up()
             return outputs

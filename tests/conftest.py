@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dcam.datasets.synthetic import generate_dataset
 from dcam.training.config import TrainConfig
-from dcam.training.synthetic import generate_dataset
 
 torch.set_num_threads(2)
 

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from dcam.training import anomaly_map as amap
+from dcam.core import anomaly_map as amap
+from dcam.core import scoring
+from dcam.core.scoring import Calibration
 
 
 @pytest.mark.parametrize(
@@ -60,9 +62,9 @@ def test_scores_normalisation_and_decisions() -> None:
     maps[1, 0, 0] = 1.0
     scores = amap.image_scores(maps)
     np.testing.assert_array_equal(scores, [3.0, 1.0])
-    z = amap.normalise_scores(scores, mean=1.0, std=0.5)
+    z = Calibration(mean=1.0, std=0.5, threshold=2.0).normalise(scores)
     np.testing.assert_allclose(z, [4.0, 0.0])
-    np.testing.assert_array_equal(amap.decide(z, 2.0), [True, False])
+    np.testing.assert_array_equal(scoring.decide(z, 2.0), [True, False])
 
 
 def test_torch_tensors_give_the_numpy_result() -> None:
@@ -76,10 +78,9 @@ def test_torch_tensors_give_the_numpy_result() -> None:
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(amap.image_scores(got).numpy(), amap.image_scores(ref), rtol=1e-6)
-    z = amap.normalise_scores(amap.image_scores(got), 1.0, 2.0)
-    np.testing.assert_allclose(
-        z.numpy(), amap.normalise_scores(amap.image_scores(ref), 1.0, 2.0), rtol=1e-5
-    )
+    calibration = Calibration(1.0, 2.0, 0.0)
+    z = calibration.normalise(amap.image_scores(got))
+    np.testing.assert_allclose(z.numpy(), calibration.normalise(amap.image_scores(ref)), rtol=1e-5)
 
 
 def test_folded_smoothing_equals_resize_then_blur() -> None:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(BENCH))
 
 import perf  # noqa: E402
 
-from dcam.build.server import ServerConfig, TritonServer  # noqa: E402
+from dcam.serve.server import ServerConfig, TritonServer  # noqa: E402
 
 
 def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:

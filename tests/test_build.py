@@ -15,9 +15,9 @@ from tritonclient.grpc import model_config_pb2
 from dcam.build.cli import build_group
 from dcam.build.config import BuildConfig
 from dcam.build.engines import build_repository, resolve_target, worst_errors
-from dcam.build.errors import BuildError
 from dcam.build.trt import missing_for_trt, trtexec_command
-from dcam.training.errors import DcamError
+from dcam.core.errors import BuildError, ConfigError, DcamError, OutputExistsError
+from dcam.core.scoring import ScoringSpec
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -30,9 +30,10 @@ def test_ensemble_repository_layout_and_parity(ensemble_repo: Path) -> None:
     assert set(report["models"]) == {"teacher", "student"}
     for err in worst_errors(report).values():
         assert err < 1e-4
-    assert (ensemble_repo / "postprocess" / "1" / "anomaly_map.py").read_text() == (
-        Path(__file__).parents[1] / "training" / "anomaly_map.py"
-    ).read_text()
+    for module in ("anomaly_map.py", "scoring.py", "batching.py"):  # the rule, copied verbatim
+        assert (ensemble_repo / "postprocess" / "1" / module).read_text() == (
+            Path(__file__).parents[1] / "core" / module
+        ).read_text()
     for name in ("teacher", "student", "postprocess", "dcam"):
         assert (ensemble_repo / name / "config.pbtxt").is_file()
         assert (ensemble_repo / name / "1").is_dir()
@@ -59,9 +60,10 @@ def test_configs_parse_back_field_by_field(ensemble_repo: Path) -> None:
     post = parse_config(ensemble_repo / "postprocess" / "config.pbtxt")
     params = {k: v.string_value for k, v in post.parameters.items()}
     glob = manifest["normalization"]["global"]
-    assert float(params["threshold"]) == glob["threshold"]
-    assert float(params["score_mean"]) == glob["mean"]
-    assert float(params["sigma"]) == manifest["anomaly_map"]["gaussian_sigma"]
+    spec = ScoringSpec.from_json(params["scoring"])
+    assert spec.calibration.threshold == glob["threshold"]
+    assert spec.calibration.mean == glob["mean"]
+    assert spec.sigma == manifest["anomaly_map"]["gaussian_sigma"]
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "yes"
     assert [o.name for o in post.output] == ["anomaly_map", "score", "is_anomalous"]
     assert list(post.output[0].dims) == [64, 64]
@@ -90,7 +92,7 @@ def test_fused_repository(fused_repo: Path) -> None:
 
 
 def test_existing_output_needs_force(tiny_run: Path, ensemble_repo: Path) -> None:
-    with pytest.raises(BuildError, match="--force"):
+    with pytest.raises(OutputExistsError, match="--force"):
         build_repository(BuildConfig(run_dir=str(tiny_run), out=str(ensemble_repo)))
 
 
@@ -165,7 +167,7 @@ def test_trtexec_command_profile() -> None:
 
 
 def test_bad_batch_settings() -> None:
-    with pytest.raises(BuildError, match="opt_batch_size"):
+    with pytest.raises(ConfigError, match="opt_batch_size"):
         BuildConfig(run_dir="r", out="o", opt_batch_size=64, max_batch_size=32)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from dcam.training.cli import data_group, train_command
+from dcam.datasets.cli import data_group
+from dcam.training.cli import train_command
 
 
 def test_synth_writes_dataset_and_refuses_non_empty(tmp_path: Path) -> None:

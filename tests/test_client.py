@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -17,12 +16,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dcam.build.server import ServerConfig, TritonServer, free_port
 from dcam.build.verify import reference_outputs
 from dcam.client.cli import client_group
 from dcam.client.results import read_results
 from dcam.client.score import ScoreConfig, Scorer, score_paths
-from dcam.training.images import load_image
+from dcam.core.images import load_image
+from dcam.core.manifest import Manifest
+from dcam.serve.server import ServerConfig, TritonServer, free_port
 
 pytestmark = pytest.mark.triton
 
@@ -46,7 +46,7 @@ def test_scores_equal_the_in_process_reference(
         cfg = ScoreConfig(urls=(url,), protocol=protocol, batch_size=4, concurrency=2)
         results = {r.path: r for r in asyncio.run(score_paths(paths, cfg))}
         assert len(results) == len(paths) and all(r.ok for r in results.values())
-        manifest = json.loads((tiny_run / "manifest.json").read_text())
+        manifest = Manifest.read(tiny_run)
         images = np.stack([load_image(p, 64) for p in paths])
         _, ref_scores, ref_flags = reference_outputs(tiny_run, manifest, images)
         got = np.array([results[str(p)].score for p in paths])

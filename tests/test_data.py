@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcam.training.data import discover, load_images, load_masks
-from dcam.training.errors import DcamError
+from dcam.core.errors import DcamError
+from dcam.datasets.layout import discover, load_images, load_masks
 
 
 def test_mvtec_layout_pools_categories(synthetic_root: Path) -> None:

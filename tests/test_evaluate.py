@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dcam.training.data import Sample
+from dcam.datasets.layout import Sample
 from dcam.training.evaluate import calibrate, evaluate, markdown_table
 
 

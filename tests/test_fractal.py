@@ -11,18 +11,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dcam.training import model as model_module
-from dcam.training.cli import teacher_group
-from dcam.training.errors import DcamError
-from dcam.training.fractal import (
+from dcam.core.errors import DcamError
+from dcam.teacher import shipped
+from dcam.teacher.cli import teacher_group
+from dcam.teacher.config import PretrainConfig
+from dcam.teacher.fractal import (
     filling_rate,
     make_classes,
     map_probabilities,
     render_batch,
     sample_ifs,
 )
+from dcam.teacher.pretrain import pretrain
 from dcam.training.model import FeatureExtractor, load_backbone_weights, load_teacher
-from dcam.training.pretrain import PretrainConfig, pretrain
 
 TINY = {"n_classes": 8, "image_size": 32, "batch_size": 32, "device": "cpu", "minutes": None}
 
@@ -104,7 +105,7 @@ def test_saved_weights_are_fp16_and_load_strictly(tiny_pretrain: tuple[Path, dic
 def test_load_teacher_fractal_reads_shipped_weights(
     tiny_pretrain: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model_module, "FRACTAL_WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(DcamError, match="missing"):
         load_teacher("resnet18", "fractal")
     with pytest.raises(DcamError, match="no shipped fractal teacher"):
@@ -147,15 +148,13 @@ def offline(monkeypatch):
 
 
 def test_shipped_fractal_teacher_loads_offline(offline, monkeypatch, tmp_path: Path) -> None:
-    from dcam.training.model import FRACTAL_WEIGHTS_DIR
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
-    shipped = torch.load(FRACTAL_WEIGHTS_DIR / "fractal_resnet18.pt", weights_only=True)
-    assert set(shipped) == set(FeatureExtractor("resnet18").state_dict())
+    weights = torch.load(shipped.WEIGHTS_DIR / "fractal_resnet18.pt", weights_only=True)
+    assert set(weights) == set(FeatureExtractor("resnet18").state_dict())
     teacher = load_teacher("resnet18", "fractal")
     assert teacher.conv1.weight.dtype == torch.float32
     torch.testing.assert_close(
-        teacher.layer3[1].conv2.weight, shipped["layer3.1.conv2.weight"].float()
+        teacher.layer3[1].conv2.weight, weights["layer3.1.conv2.weight"].float()
     )
     # trained, not a fresh init: BatchNorm statistics moved away from their defaults
     assert not torch.allclose(teacher.bn1.running_var, torch.ones_like(teacher.bn1.running_var))

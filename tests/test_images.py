@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcam.training.images import ImageError, load_image, load_mask
+from dcam.core.images import ImageError, load_image, load_mask
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)

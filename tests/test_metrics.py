@@ -1,4 +1,4 @@
-"""Tests for dcam.training.metrics against scikit-learn and hand-computed PRO values."""
+"""Tests for dcam.core.metrics against scikit-learn and hand-computed PRO values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from dcam.training.metrics import auroc, f1_max, pro_curve, pro_score
+from dcam.core.metrics import auroc, f1_max, pro_curve, pro_score
 
 
 @pytest.fixture

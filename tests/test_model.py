@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from dcam.training.errors import DcamError
+from dcam.core.errors import DcamError
 from dcam.training.model import FeatureExtractor, Normalize, Student, load_teacher
 
 

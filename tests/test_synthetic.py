@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcam.training import synthetic as syn
-from dcam.training import synthetic_shapes as shapes
+from dcam.datasets import synthetic as syn
+from dcam.datasets import synthetic_shapes as shapes
 
 SIZE = 64
 COUNTS = {"n_train": 2, "n_test_good": 1, "n_test_per_defect": 1}

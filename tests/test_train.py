@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from dcam.core.errors import DcamError
+from dcam.datasets.layout import discover, load_images
 from dcam.training.config import TrainConfig
-from dcam.training.data import discover, load_images
-from dcam.training.errors import DcamError
 from dcam.training.model import Student, load_teacher
 from dcam.training.train import run_epoch, train
 from tests.conftest import tiny_config

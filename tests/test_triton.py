@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from dcam.build.cli import build_group
 from dcam.build.parity import parity_images
-from dcam.build.server import ServerConfig, ServerError, TritonServer, free_port
 from dcam.build.verify import OUTPUTS, infer, reference_outputs, verify_repository
+from dcam.core.manifest import Manifest
+from dcam.serve.server import ServerConfig, ServerError, TritonServer, free_port
 
 pytestmark = pytest.mark.triton
 
@@ -89,9 +90,8 @@ def test_server_reports_port_in_use_and_load_failures(ensemble_repo: Path, tmp_p
 
 
 def test_reference_outputs_shapes(tiny_run: Path) -> None:
-    import json
 
-    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    manifest = Manifest.read(tiny_run)
     outs = reference_outputs(tiny_run, manifest, parity_images(64)["random"])
     assert [o.shape for o in outs] == [(3, 64, 64), (3, 1), (3, 1)]
     assert len(OUTPUTS) == 3

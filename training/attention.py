@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-DCAM_VARIANTS = ("none", "channel", "spatial", "channel+spatial")
+from dcam.training.config import DCAM_VARIANTS
 
 
 class ChannelAttention(nn.Module):

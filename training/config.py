@@ -1,15 +1,26 @@
-"""The training stage's configuration: one frozen dataclass, mapped 1:1 onto `dcam-train` flags."""
+"""The training stage's configuration: one frozen dataclass, mapped 1:1 onto `dcam-train` flags.
+
+Torch-free, so `dcam-train --help` and the option defaults need no torch import.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from dcam.training.anomaly_map import COMBINE_MODES
-from dcam.training.attention import DCAM_VARIANTS
-from dcam.training.errors import DcamError
-from dcam.training.losses import LOSSES
-from dcam.training.model import DCAM_MODES, TEACHER_SOURCES, check_backbone
+from dcam.core.anomaly_map import COMBINE_MODES
+from dcam.core.errors import ConfigError
+
+# The choices, here and not beside the torch modules, so the CLI reads them without torch.
+BACKBONES = ("resnet18", "wide_resnet50_2")
+TEACHER_SOURCES = ("imagenet", "fractal", "random")
+DCAM_VARIANTS = ("none", "channel", "spatial", "channel+spatial")
+DCAM_MODES = ("side", "mask", "inline")
+LOSSES = ("cosine", "kl", "spatial_cosine", "l2")
+
+
+def check_backbone(name: str) -> None:
+    _check_choice("backbone", name, BACKBONES)
 
 
 @dataclass(frozen=True)
@@ -46,15 +57,15 @@ class TrainConfig:
         for loss in self.losses:
             _check_choice("loss", loss, LOSSES)
         if not self.losses:
-            raise DcamError(f"choose at least one loss of {LOSSES}")
+            raise ConfigError(f"choose at least one loss of {LOSSES}")
         if not self.data:
-            raise DcamError("give at least one data folder")
+            raise ConfigError("give at least one data folder")
         if self.image_size < 32 or self.image_size % 32:
-            raise DcamError(f"image_size must be a multiple of 32, >= 32; got {self.image_size}")
+            raise ConfigError(f"image_size must be a multiple of 32, >= 32; got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise DcamError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
+            raise ConfigError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise DcamError("epochs and batch_size must be at least 1")
+            raise ConfigError("epochs and batch_size must be at least 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,4 +79,4 @@ class TrainConfig:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise DcamError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {list(choices)}")

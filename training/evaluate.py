@@ -12,10 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcam.training import anomaly_map as amap
-from dcam.training.data import Sample
-from dcam.training.metrics import auroc, f1_max, pro_score
+from dcam.core import scoring
+from dcam.core.anomaly_map import image_scores
+from dcam.core.metrics import auroc, f1_max, pro_score
+from dcam.core.scoring import Calibration, ScoringSpec
+from dcam.datasets.layout import Sample
 from dcam.training.model import Normalize
+
+
+def map_spec(size: tuple[int, int], combine: str, sigma: float) -> ScoringSpec:
+    """The scoring record before calibration (maps need no statistics yet)."""
+    return ScoringSpec(size, combine, sigma, Calibration(0.0, 1.0, 0.0))
 
 
 @torch.no_grad()
@@ -29,6 +36,7 @@ def predict_maps(
     device: str = "cpu",
 ) -> np.ndarray:
     """Anomaly maps (N, H, W) of uint8 NHWC images, features in torch, map maths in numpy."""
+    spec = map_spec(tuple(images.shape[1:3]), combine, sigma)
     normalize = Normalize().to(device)
     teacher.eval()
     student.eval()
@@ -37,7 +45,7 @@ def predict_maps(
         x = normalize(torch.from_numpy(images[start : start + batch_size]).to(device))
         t_feats = [f.float().cpu().numpy() for f in teacher(x)]
         s_feats = [f.float().cpu().numpy() for f in student(x)]
-        maps.append(amap.anomaly_map(t_feats, s_feats, images.shape[1:3], combine, sigma))
+        maps.append(scoring.anomaly_maps(spec, t_feats, s_feats))
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
 
 
@@ -51,7 +59,7 @@ def calibrate(scores: np.ndarray, categories: Sequence[str], quantile: float = 0
 
     def stats(values: np.ndarray) -> dict:
         mean, std = float(values.mean()), float(max(values.std(), 1e-6))
-        z = amap.normalise_scores(values, mean, std)
+        z = Calibration(mean, std, 0.0).normalise(values)
         return {
             "mean": mean,
             "std": std,
@@ -86,7 +94,8 @@ def evaluate(
     """Metrics per category and their mean, plus decision quality at the global threshold."""
     labels = np.array([s.is_anomalous for s in samples])
     cats = np.array([s.category for s in samples])
-    scores = amap.image_scores(maps)
+    scores = np.asarray(image_scores(maps))
+    _, decided = scoring.judge(Calibration.from_dict(calibration["global"]), scores)
     report: dict = {"per_category": {}}
     for c in sorted(set(cats)):
         sel = cats == c
@@ -98,10 +107,6 @@ def evaluate(
     report["mean"] = {
         k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)
     }
-    glob = calibration["global"]
-    decided = amap.decide(
-        amap.normalise_scores(scores, glob["mean"], glob["std"]), glob["threshold"]
-    )
     report["decisions_at_global_threshold"] = {
         "true_positive_rate": float(decided[labels].mean()) if labels.any() else None,
         "false_positive_rate": float(decided[~labels].mean()) if (~labels).any() else None,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("cosine", "kl", "spatial_cosine", "l2")
+from dcam.training.config import LOSSES
 
 
 def channel_cosine_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

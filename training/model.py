@@ -15,28 +15,20 @@ import torch
 import torchvision
 from torch import nn
 
+from dcam.core.errors import DcamError
+from dcam.core.names import LEVELS
+from dcam.teacher.shipped import SHIPPED_WEIGHTS, fractal_weights_path
 from dcam.training.attention import DCAMBlock
-from dcam.training.errors import DcamError
+from dcam.training.config import DCAM_MODES, TEACHER_SOURCES, check_backbone
 
-LEVELS = ("layer1", "layer2", "layer3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DCAM_MODES = ("side", "mask", "inline")
-TEACHER_SOURCES = ("imagenet", "fractal", "random")
-# Teachers pretrained on formula-generated fractals (`dcam-teacher pretrain`), shipped with dcam.
-FRACTAL_WEIGHTS_DIR = Path(__file__).parent / "weights"
-_FRACTAL_WEIGHTS = {"resnet18": "fractal_resnet18.pt"}
 
 _BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (torchvision.models.resnet18, "ResNet18_Weights"),
     "wide_resnet50_2": (torchvision.models.wide_resnet50_2, "Wide_ResNet50_2_Weights"),
 }
 _STEM = ("conv1", "bn1", "relu", "maxpool")
-
-
-def check_backbone(name: str) -> None:
-    if name not in _BACKBONES:
-        raise DcamError(f"unknown backbone {name!r}; choose one of {sorted(_BACKBONES)}")
 
 
 class FeatureExtractor(nn.Module):
@@ -97,16 +89,11 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def fractal_weights_path(backbone: str) -> Path:
-    """Where the shipped fractal teacher of `backbone` lives (it may be absent)."""
-    return FRACTAL_WEIGHTS_DIR / _FRACTAL_WEIGHTS.get(backbone, f"fractal_{backbone}.pt")
-
-
 def fractal_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """The shipped FractalDB-pretrained stem + layers 1-3, stored in FP16 and returned in FP32."""
-    if backbone not in _FRACTAL_WEIGHTS:
+    if backbone not in SHIPPED_WEIGHTS:
         raise DcamError(
-            f"no shipped fractal teacher for {backbone}; shipped: {sorted(_FRACTAL_WEIGHTS)}. "
+            f"no shipped fractal teacher for {backbone}; shipped: {sorted(SHIPPED_WEIGHTS)}. "
             "Train one with `dcam-teacher pretrain --backbone "
             f"{backbone}` and pass its teacher.pt as --teacher-weights"
         )

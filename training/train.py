@@ -17,14 +17,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dcam.training import anomaly_map as amap
+from dcam.core.anomaly_map import image_scores
+from dcam.core.errors import ConfigError, DcamError, OutputExistsError
+from dcam.core.files import write_atomic, write_json_atomic
+from dcam.core.scoring import Calibration, ScoringSpec
+from dcam.datasets.layout import Splits, discover, load_images, load_masks
+from dcam.teacher.shipped import fractal_weights_path
 from dcam.training.config import TrainConfig
-from dcam.training.data import Splits, discover, load_images, load_masks
-from dcam.training.errors import DcamError
 from dcam.training.evaluate import calibrate, evaluate, markdown_table, predict_maps
 from dcam.training.losses import distillation_loss
-from dcam.training.manifest import build_manifest, write_json_atomic
-from dcam.training.model import Normalize, Student, fractal_weights_path, load_teacher
+from dcam.training.manifest import build_manifest
+from dcam.training.model import Normalize, Student, load_teacher
 
 OUTPUT_FILES = ("teacher.pt", "student.pt", "manifest.json", "checkpoint.pt", "report.json")
 _RESUMABLE_CHANGES = {"epochs", "device", "out"}
@@ -35,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DcamError("--device cuda was asked for but no CUDA GPU is available")
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
     return torch.device(name)
 
 
@@ -46,7 +49,7 @@ def prepare_output(out: Path, resume: bool, force: bool) -> None:
         if not (out / "checkpoint.pt").is_file():
             raise DcamError(f"--resume: {out / 'checkpoint.pt'} does not exist")
     elif existing and not force:
-        raise DcamError(
+        raise OutputExistsError(
             f"{out} already holds a run ({', '.join(existing)}); "
             "pass --resume to continue it or --force to replace it"
         )
@@ -58,9 +61,7 @@ def prepare_output(out: Path, resume: bool, force: bool) -> None:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def batch_loss(teacher, student, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -143,7 +144,7 @@ def _resume_state(out: Path, cfg: TrainConfig) -> dict:
         if k not in _RESUMABLE_CHANGES and TrainConfig.from_dict(saved).to_dict()[k] != v
     }
     if changed:
-        raise DcamError(f"--resume: settings differ from the interrupted run: {sorted(changed)}")
+        raise ConfigError(f"--resume: settings differ from the interrupted run: {sorted(changed)}")
     return state
 
 
@@ -222,7 +223,7 @@ def finish(
 ) -> dict:
     """Calibrate on held-out good images, evaluate on the test split, write every output."""
     maps_kw = {"combine": cfg.combine, "sigma": cfg.sigma, "device": str(device)}
-    val_scores = amap.image_scores(predict_maps(teacher, student, val_images, **maps_kw))
+    val_scores = image_scores(predict_maps(teacher, student, val_images, **maps_kw))
     calibration = calibrate(val_scores, [s.category for s in splits.val], cfg.threshold_quantile)
     report: dict = {}
     if splits.test:
@@ -231,18 +232,26 @@ def finish(
         report = evaluate(splits.test, maps, load_masks(splits.test, cfg.image_size), calibration)
         (out / "report.md").write_text(markdown_table(report))
     write_json_atomic(out / "report.json", report)
-    torch.save(teacher.state_dict(), out / "teacher.pt")
-    torch.save(student.deployable_state_dict(), out / "student.pt")
+    save_atomic(teacher.state_dict(), out / "teacher.pt")
+    save_atomic(student.deployable_state_dict(), out / "student.pt")
     training = {k: state[k] for k in ("best_epoch", "best_val", "history", "seconds")}
+    spec = ScoringSpec(
+        (cfg.image_size, cfg.image_size),
+        cfg.combine,
+        cfg.sigma,
+        Calibration.from_dict(calibration["global"]),
+        {c: Calibration.from_dict(v) for c, v in calibration["per_category"].items()},
+    )
     manifest = build_manifest(
         cfg,
         teacher.channels,
         [4, 8, 16],
         teacher_info(cfg),
         splits.summary(),
-        calibration,
+        spec,
+        calibration["method"],
         report,
         training,
     )
-    write_json_atomic(out / "manifest.json", manifest)
-    return manifest
+    manifest.write(out)
+    return manifest.data

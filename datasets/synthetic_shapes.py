@@ -1,4 +1,4 @@
-"""Procedural scenes and defect primitives behind :mod:`dcam.training.synthetic`.
+"""Procedural scenes and defect primitives behind :mod:`dcam.datasets.synthetic`.
 
 Everything works on float32 RGB images in [0, 1] and on normalised coordinates in
 [-0.5, 0.5], so the same geometry renders at any pixel size. Renderers return a

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dcam.training.errors import DcamError
-from dcam.training.images import list_images, load_image, load_mask
+from dcam.core.errors import DcamError
+from dcam.core.images import list_images, load_image, load_mask
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, stats
 
+from dcam.core.errors import InputError
+
 __all__ = ["auroc", "f1_max", "pro_curve", "pro_score"]
 
 
@@ -18,13 +20,13 @@ def _flat_pair(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     labels = np.asarray(labels)
     scores = np.asarray(scores)
     if labels.shape != scores.shape:
-        raise ValueError(f"labels shape {labels.shape} != scores shape {scores.shape}")
+        raise InputError(f"labels shape {labels.shape} != scores shape {scores.shape}")
     labels = labels.ravel().astype(bool, copy=False)
     scores = scores.ravel()
     if labels.size == 0:
-        raise ValueError("empty input")
+        raise InputError("empty input")
     if np.isnan(scores).any():
-        raise ValueError("scores contain NaN")
+        raise InputError("scores contain NaN")
     return labels, scores
 
 
@@ -48,13 +50,13 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
         The AUROC in [0, 1].
 
     Raises:
-        ValueError: If shapes differ, scores contain NaN, or only one class is present.
+        InputError: If shapes differ, scores contain NaN, or only one class is present.
     """
     labels, scores = _flat_pair(labels, scores)
     n_pos = int(np.count_nonzero(labels))
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUROC needs both positive and negative labels")
+        raise InputError("AUROC needs both positive and negative labels")
     ranks = stats.rankdata(scores, method="average")
     rank_sum = float(np.sum(ranks[labels], dtype=np.float64))
     del ranks
@@ -77,12 +79,12 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
         ``(f1, threshold)``; among equal F1 values the highest threshold is returned.
 
     Raises:
-        ValueError: If shapes differ, scores contain NaN, or there are no positive labels.
+        InputError: If shapes differ, scores contain NaN, or there are no positive labels.
     """
     labels, scores = _flat_pair(labels, scores)
     n_pos = int(np.count_nonzero(labels))
     if n_pos == 0:
-        raise ValueError("F1 needs at least one positive label")
+        raise InputError("F1 needs at least one positive label")
     order = np.argsort(scores, kind="stable")[::-1]
     sorted_scores = scores[order]
     tp = np.cumsum(labels[order], dtype=np.int64)
@@ -116,7 +118,7 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarr
     masks = np.asarray(masks)
     maps = np.asarray(maps)
     if masks.ndim != 3 or masks.shape != maps.shape:
-        raise ValueError(f"expected equal (N, H, W) shapes, got {masks.shape} and {maps.shape}")
+        raise InputError(f"expected equal (N, H, W) shapes, got {masks.shape} and {maps.shape}")
     structure = np.ones((3, 3), dtype=int)
     region_ids = np.zeros(masks.shape, dtype=np.int32)
     num_regions = 0
@@ -128,13 +130,13 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarr
     region_ids = region_ids.ravel()
     num_normal = int(np.count_nonzero(region_ids == 0))
     if num_regions == 0:
-        raise ValueError("PRO needs at least one anomalous region")
+        raise InputError("PRO needs at least one anomalous region")
     if num_normal == 0:
-        raise ValueError("PRO needs at least one normal pixel")
+        raise InputError("PRO needs at least one normal pixel")
 
     scores = maps.ravel()
     if np.isnan(scores).any():
-        raise ValueError("maps contain NaN")
+        raise InputError("maps contain NaN")
     sizes = np.bincount(region_ids, minlength=num_regions + 1).astype(np.float64)
     weights = np.zeros(num_regions + 1, dtype=np.float64)
     weights[1:] = 1.0 / (num_regions * sizes[1:])
@@ -171,7 +173,7 @@ def pro_score(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> fl
         ValueError: On a bad ``fpr_limit`` or any input rejected by :func:`pro_curve`.
     """
     if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+        raise InputError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     fprs, pros = pro_curve(masks, maps)
     # Points with fpr <= limit; the last curve point has fpr == 1 >= limit, so idx >= 1.
     idx = int(np.searchsorted(fprs, fpr_limit, side="right"))

@@ -23,15 +23,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcam.build.errors import BuildError
-
-
-class ServerError(BuildError):
-    """tritonserver could not start, or a model failed to load; carries the server's own log."""
+from dcam.core.errors import ServerError
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """How to run the server; `dcam-serve` flags map onto these fields."""
+
     repository: Path
     host: str = "127.0.0.1"  # loopback unless told otherwise
     http_port: int = 0  # 0: pick a free port

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from dcam.training.errors import DcamError
+from dcam.core.errors import DcamError
 
 MAX_MAPS = 4
 _MAX_NORM = 0.95  # spectral-norm cap on jittered maps: the chaos game must never diverge

@@ -1,11 +1,12 @@
-"""The anomaly-map maths, written once: numpy, no dcam imports, torch optional.
+"""The anomaly-map maths, written once: numpy, torch optional, nothing else from dcam.
 
-Training's in-process reference, the Triton post-processing model and the fused ONNX graph all use
-this file (the build copies it verbatim into the model repository, so a stock Triton container
-needs no dcam package). It reads teacher and student feature maps (N, C, h, w) per level and writes
-(N, H, W) maps, image scores, normalised scores and decisions. The map functions accept numpy
-arrays or torch tensors (CPU or GPU, and traceable into ONNX); resizing and smoothing are
-matrix products with matrices built here in numpy, so every path computes the same thing.
+`scoring.py` builds the scoring rule on it; training's evaluation, `verify`, the fused ONNX graph,
+the Triton post-processing model and the benchmarks all go through that rule (the build copies
+both files into the model repository, so a stock Triton container needs no dcam package). It
+reads teacher and student feature maps (N, C, h, w) per level and writes (N, H, W) maps and
+image scores. The functions accept numpy arrays or torch tensors (CPU or GPU, and traceable
+into ONNX); resizing and smoothing are matrix products with matrices built here in numpy, so
+every path computes the same thing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
+
+if __package__:  # imported as dcam.core.anomaly_map
+    from dcam.core.errors import InputError
+else:  # a copy beside a Triton model, which needs no dcam package
+
+    class InputError(ValueError):  # type: ignore[no-redef]
+        """Arrays of the wrong shape or kind."""
+
 
 COMBINE_MODES = ("sum", "product")
 _EPS = 1e-8
@@ -44,7 +53,7 @@ def cosine_distance(teacher, student):
     """
     t, s = _float32(teacher), _float32(student)
     if tuple(t.shape) != tuple(s.shape) or t.ndim != 4:
-        raise ValueError(
+        raise InputError(
             f"teacher {tuple(t.shape)} and student {tuple(s.shape)} must both be (N, C, h, w)"
         )
     dot = (t * s).sum(1)
@@ -115,9 +124,9 @@ def anomaly_map(
 ):
     """Per-level 1 - cos, upsampled to `size`, combined by sum or product, optionally smoothed."""
     if combine not in COMBINE_MODES:
-        raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
+        raise InputError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
     if len(teacher_features) != len(student_features) or not teacher_features:
-        raise ValueError("need the same, non-zero number of teacher and student levels")
+        raise InputError("need the same, non-zero number of teacher and student levels")
     if combine == "sum" and sigma > 0:
         # Resizing and smoothing are both linear, so for a sum the blur folds into each level's
         # resize matrices: the same map for a fraction of the work (no dense 256x256 products).
@@ -155,13 +164,3 @@ def image_scores(maps):
     """Image score = max of its anomaly map, (N, H, W) -> (N,)."""
     flat = maps.reshape(maps.shape[0], -1)
     return flat.amax(1) if _is_torch(flat) else flat.max(axis=1)
-
-
-def normalise_scores(scores, mean: float, std: float):
-    """Standardise raw scores with the statistics of held-out good images (z-scores)."""
-    return (_float32(scores) - mean) / max(std, _EPS)
-
-
-def decide(normalised, threshold: float):
-    """True where a normalised score exceeds the decision threshold."""
-    return normalised > threshold

@@ -12,7 +12,6 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +19,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dcam.training.errors import DcamError
-from dcam.training.fractal import FractalDataset, make_classes, render_set
-from dcam.training.manifest import write_json_atomic
-from dcam.training.model import FeatureExtractor, Normalize, check_backbone
+from dcam.core.errors import DcamError, OutputExistsError
+from dcam.core.files import write_atomic, write_json_atomic
+from dcam.teacher.config import PretrainConfig
+from dcam.teacher.fractal import FractalDataset, make_classes, render_set
+from dcam.training.model import FeatureExtractor, Normalize
 from dcam.training.train import resolve_device
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    out: str
-    backbone: str = "resnet18"
-    n_classes: int = 128
-    instances_per_class: int | None = None  # None: render on the fly; else a fixed cached set
-    image_size: int = 64
-    batch_size: int = 64
-    lr: float = 0.1
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    minutes: float | None = 30.0  # budgets: training stops at whichever is reached first
-    max_images: int | None = None
-    amp: bool = True  # FP16 autocast + GradScaler, on CUDA only
-    workers: int | None = None  # render processes; None: none on CPU, up to 16 on CUDA
-
-    def __post_init__(self) -> None:
-        check_backbone(self.backbone)
-        if self.n_classes < 2 or self.batch_size < 2 or self.image_size < 32:
-            raise DcamError("need n_classes >= 2, batch_size >= 2 and image_size >= 32")
-        if self.minutes is None and self.max_images is None:
-            raise DcamError("give a budget: minutes, max_images or both")
-        if (self.minutes or 1) <= 0 or (self.max_images or 1) <= 0:
-            raise DcamError("minutes and max_images must be positive")
-        if self.instances_per_class is not None and self.instances_per_class < 1:
-            raise DcamError("instances_per_class must be at least 1 (or None: on the fly)")
 
 
 class FractalClassifier(nn.Module):
@@ -108,6 +79,8 @@ def _log(window: torch.Tensor, count: int, history: list, seen: int, lr: float, 
 
 def pretrain(cfg: PretrainConfig) -> dict:
     """Train the classifier within the budget, save the teacher weights (FP16) and teacher.json."""
+    if (Path(cfg.out) / "teacher.pt").exists() and not cfg.force:
+        raise OutputExistsError(f"{cfg.out} already holds teacher.pt; pass --force to replace it")
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     amp = cfg.amp and cuda
@@ -187,8 +160,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
         k: (v.to("cpu", torch.float16) if v.is_floating_point() else v.cpu()).contiguous()
         for k, v in model.features.state_dict().items()
     }
-    tmp = out / ".teacher.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / "teacher.pt")
+    write_atomic(out / "teacher.pt", lambda fh: torch.save(state, fh))
     write_json_atomic(out / "teacher.json", info)
     return {**info, "history": history, "images_per_second": seen / seconds}

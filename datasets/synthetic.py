@@ -25,7 +25,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from dcam.training import synthetic_shapes as shapes
+from dcam.core.errors import ConfigError, OutputExistsError
+from dcam.core.files import write_json_atomic
+from dcam.datasets import synthetic_shapes as shapes
 
 CATEGORIES: tuple[str, ...] = (
     "carpet",
@@ -65,26 +67,26 @@ _MAX_TRIES = 12
 
 
 def _check_category(category: str) -> int:
-    """Index of a category in :data:`CATEGORIES`; ValueError naming the valid ones."""
+    """Index of a category in :data:`CATEGORIES`; ConfigError naming the valid ones."""
     if category not in CATEGORIES:
-        raise ValueError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
+        raise ConfigError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
     return CATEGORIES.index(category)
 
 
 def _check_kind(category: str, kind: str) -> int:
-    """Index of a defect kind; ValueError if unknown or not used by this category."""
+    """Index of a defect kind; ConfigError if unknown or not used by this category."""
     if kind not in DEFECT_KINDS:
-        raise ValueError(f"unknown defect kind {kind!r}; valid: {', '.join(DEFECT_KINDS)}")
+        raise ConfigError(f"unknown defect kind {kind!r}; valid: {', '.join(DEFECT_KINDS)}")
     if kind not in CATEGORY_DEFECTS[category]:
         valid = ", ".join(CATEGORY_DEFECTS[category])
-        raise ValueError(f"defect kind {kind!r} is not used for {category!r}; valid: {valid}")
+        raise ConfigError(f"defect kind {kind!r} is not used for {category!r}; valid: {valid}")
     return DEFECT_KINDS.index(kind)
 
 
 def _check_size(size: int) -> None:
     """Reject sizes at which the structures would alias away."""
     if size < _MIN_SIZE:
-        raise ValueError(f"size must be at least {_MIN_SIZE} pixels, got {size}")
+        raise ConfigError(f"size must be at least {_MIN_SIZE} pixels, got {size}")
 
 
 def _sensor(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -180,8 +182,9 @@ def generate_dataset(
     size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
-    """Write a synthetic dataset in the MVTec AD layout and return a summary.
+    """Write a synthetic dataset in the MVTec AD layout, with `dataset.json`; return its summary.
 
     Args:
         root: Output folder; ``root/<category>/...`` is created (existing files are
@@ -193,6 +196,7 @@ def generate_dataset(
         size: Side length in pixels.
         seed: Non-negative base seed; same seed gives byte-identical files.
         progress: Show a tqdm progress bar.
+        force: Write into a folder that is not empty (otherwise OutputExistsError).
 
     Returns:
         ``{"seed", "size", "categories": {cat: {"train", "test_good", "test_defect": {kind: n}}}}``
@@ -202,8 +206,10 @@ def generate_dataset(
         _check_category(cat)
     _check_size(size)
     if min(n_train, n_test_good, n_test_per_defect) < 0 or seed < 0:
-        raise ValueError("counts and seed must be non-negative")
+        raise ConfigError("counts and seed must be non-negative")
     root = Path(root)
+    if root.exists() and any(root.iterdir()) and not force:
+        raise OutputExistsError(f"{root} is not empty; pass --force to write into it")
     total = sum(n_train + n_test_good + n_test_per_defect * len(CATEGORY_DEFECTS[c]) for c in cats)
     bar = None
     if progress:
@@ -236,4 +242,5 @@ def generate_dataset(
         }
     if bar is not None:
         bar.close()
+    write_json_atomic(root / "dataset.json", summary)
     return summary

@@ -1,7 +1,8 @@
 """Image decoding that accepts any common kind of file and names the file when it cannot.
 
-numpy and Pillow only (no torch), so the same rules can serve every stage: grayscale, RGBA,
-palette, CMYK, 16-bit and float images all become 8-bit RGB; a corrupt file raises ImageError.
+numpy and Pillow only (no torch), so the same rules serve training, the build and the client:
+grayscale, RGBA, palette, CMYK, 16-bit and float images all become 8-bit RGB; a corrupt file
+raises ImageError.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dcam.training.errors import DcamError
+from dcam.core.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-
-
-class ImageError(DcamError):
-    """An image file that cannot be decoded; the message names the file and the reason."""
 
 
 def _full_scale(img: Image.Image, arr: np.ndarray) -> float:

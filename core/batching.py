@@ -1,0 +1,39 @@
+"""Join the requests Triton hands a Python-backend model into one batch, and split results back.
+
+Copied beside each Python-backend model at build time (no dcam imports). Works on numpy arrays
+and on torch tensors (GPU inputs arrive as tensors through DLPack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _concat(parts: Sequence[Any]) -> Any:
+    if type(parts[0]).__module__.split(".")[0] == "torch":
+        import torch
+
+        return torch.cat(list(parts))
+    import numpy as np
+
+    return np.concatenate(parts)
+
+
+def join(per_request: Sequence[Sequence[Any]]) -> list[Any]:
+    """[request][input] arrays -> one array per input, requests stacked along the batch axis."""
+    return [_concat([arrays[i] for arrays in per_request]) for i in range(len(per_request[0]))]
+
+
+def sizes(per_request: Sequence[Sequence[Any]]) -> list[int]:
+    """Batch size of each request (its first input's leading dimension)."""
+    return [int(arrays[0].shape[0]) for arrays in per_request]
+
+
+def split(outputs: Mapping[str, Any], batch_sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """One dict of output slices per request, in request order."""
+    parts, start = [], 0
+    for n in batch_sizes:
+        parts.append({name: value[start : start + n] for name, value in outputs.items()})
+        start += n
+    return parts

@@ -1,0 +1,21 @@
+"""Tensor and model names shared by the exported graphs, the Triton repository and the client.
+
+Written once here; the Triton models read theirs from their config.pbtxt, which the build
+writes from these names.
+"""
+
+from __future__ import annotations
+
+IMAGE = "IMAGE"  # UINT8 NHWC RGB images at the model's size
+LEVELS = ("layer1", "layer2", "layer3")  # the feature levels teacher and student are matched on
+ANOMALY_MAP, SCORE, IS_ANOMALOUS = "anomaly_map", "score", "is_anomalous"
+OUTPUTS = (ANOMALY_MAP, SCORE, IS_ANOMALOUS)
+DECISION_OUTPUTS = (SCORE, IS_ANOMALOUS)  # without the map: 256 KiB less per image at 256 px
+ENSEMBLE_MODEL = "dcam"  # the model a client calls, in both layouts
+ROLES = ("teacher", "student")
+POSTPROCESS_MODEL = "postprocess"
+
+
+def feature_name(role: str, level: str) -> str:
+    """The ensemble tensor carrying one network's features of one level, e.g. teacher_layer1."""
+    return f"{role}_{level}"

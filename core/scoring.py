@@ -1,0 +1,183 @@
+"""The scoring rule, written once: features -> anomaly map -> image score -> z-score -> decision.
+
+`ScoringSpec` is the frozen record of everything the rule needs (input size, level combination,
+smoothing, normalisation statistics and thresholds, global and per product). Training writes it
+into the manifest; the build reads it from there and hands it to the Triton post-processing
+model as one JSON parameter; `score()` applies it in training's evaluation, `dcam-build verify`,
+the fused ONNX graph, the post-processing model and the benchmarks. numpy arrays or torch tensors
+(traceable into ONNX) both work. The build copies this file and `anomaly_map.py` beside the
+Triton model, so they import nothing else from dcam.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+if __package__:  # imported as dcam.core.scoring
+    from dcam.core import anomaly_map as amap
+    from dcam.core.errors import ConfigError
+else:  # a copy beside a Triton model: always its sibling, even where dcam is installed
+    import anomaly_map as amap  # type: ignore[no-redef]
+
+    class ConfigError(ValueError):  # type: ignore[no-redef]
+        """A bad setting or request parameter."""
+
+
+_EPS = 1e-8
+THRESHOLD_PARAMETER = "threshold"  # request parameter overriding the calibrated threshold
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Held-out good images' score statistics: the z-score and the threshold on it."""
+
+    mean: float
+    std: float
+    threshold: float  # on the normalised (z) score
+    n: int = 0  # how many good images the statistics come from
+
+    def normalise(self, scores: Any) -> Any:
+        """Standardise raw image scores (z-scores), in float32."""
+        return (amap._float32(scores) - self.mean) / max(self.std, _EPS)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Calibration:
+        try:
+            return cls(
+                float(values["mean"]),
+                float(values["std"]),
+                float(values["threshold"]),
+                int(values.get("n", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"calibration needs numeric mean, std, threshold: {exc}") from exc
+
+
+def decide(normalised: Any, threshold: float) -> Any:
+    """True where a normalised score exceeds the decision threshold."""
+    return normalised > threshold
+
+
+def request_threshold(parameters: Mapping[str, Any]) -> float | None:
+    """The threshold a request asks for (its `threshold` parameter), None if it asks for none."""
+    value = parameters.get(THRESHOLD_PARAMETER)
+    if value is None:
+        return None
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if threshold != threshold or threshold in (float("inf"), float("-inf")):
+        raise ConfigError(
+            f"request parameter {THRESHOLD_PARAMETER!r} must be a finite number, got {value!r}"
+        )
+    return threshold
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Everything the scoring rule needs, from the manifest or the Triton model's parameters."""
+
+    size: tuple[int, int]  # anomaly maps are upsampled to the input size (H, W)
+    combine: str  # how per-level maps are combined: sum or product
+    sigma: float  # Gaussian smoothing of the map in pixels; 0 disables
+    calibration: Calibration  # global: used when a request names no product
+    per_category: Mapping[str, Calibration] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.combine not in amap.COMBINE_MODES:
+            raise ConfigError(f"combine must be one of {amap.COMBINE_MODES}, got {self.combine!r}")
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ConfigError(f"size must be (height, width) > 0, got {self.size}")
+
+    def calibration_for(self, category: str | None = None) -> Calibration:
+        """The product's calibration, the global one for None; unknown names are an error."""
+        if category is None:
+            return self.calibration
+        if category not in self.per_category:
+            raise ConfigError(
+                f"unknown category {category!r}; calibrated: {sorted(self.per_category)}"
+            )
+        return self.per_category[category]
+
+    def to_dict(self) -> dict:
+        return {
+            "size": list(self.size),
+            "combine": self.combine,
+            "sigma": self.sigma,
+            "global": _calibration_dict(self.calibration),
+            "per_category": {k: _calibration_dict(v) for k, v in self.per_category.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ScoringSpec:
+        return cls(
+            size=(int(values["size"][0]), int(values["size"][1])),
+            combine=str(values["combine"]),
+            sigma=float(values["sigma"]),
+            calibration=Calibration.from_dict(values["global"]),
+            per_category={
+                k: Calibration.from_dict(v) for k, v in values.get("per_category", {}).items()
+            },
+        )
+
+    def to_json(self) -> str:
+        """One string, as carried by a Triton model parameter."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ScoringSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def _calibration_dict(c: Calibration) -> dict:
+    return {"mean": c.mean, "std": c.std, "threshold": c.threshold, "n": c.n}
+
+
+@dataclass
+class Scored:
+    """The rule's outputs for a batch: maps (N, H, W), raw and normalised scores and decisions."""
+
+    maps: Any
+    raw: Any  # max of each map
+    normalised: Any  # z-score with the chosen calibration
+    decisions: Any  # normalised > threshold
+
+
+def anomaly_maps(spec: ScoringSpec, teacher: Sequence[Any], student: Sequence[Any]) -> Any:
+    """Per-level 1 - cos, upsampled to the input size, combined and smoothed: (N, H, W)."""
+    return amap.anomaly_map(teacher, student, spec.size, spec.combine, spec.sigma)
+
+
+def score_maps(
+    spec: ScoringSpec, maps: Any, threshold: float | None = None, category: str | None = None
+) -> Scored:
+    """Image scores, z-scores and decisions of anomaly maps already computed."""
+    raw = amap.image_scores(maps)
+    return Scored(maps, raw, *judge(spec.calibration_for(category), raw, threshold))
+
+
+def judge(calibration: Calibration, raw: Any, threshold: float | None = None) -> tuple[Any, Any]:
+    """Raw image scores -> (normalised scores, decisions) under one calibration."""
+    normalised = calibration.normalise(raw)
+    limit = calibration.threshold if threshold is None else float(threshold)
+    return normalised, decide(normalised, limit)
+
+
+def score(
+    spec: ScoringSpec,
+    teacher: Sequence[Any],
+    student: Sequence[Any],
+    threshold: float | None = None,
+    category: str | None = None,
+) -> Scored:
+    """The whole rule on teacher and student features (N, C, h, w) per level.
+
+    Args:
+        threshold: overrides the calibrated threshold (the request parameter `threshold`).
+        category: the product whose calibration to use; None for the global one.
+    """
+    return score_maps(spec, anomaly_maps(spec, teacher, student), threshold, category)

@@ -1,0 +1,39 @@
+"""The pretraining stage's configuration: one frozen dataclass, mapped 1:1 onto
+`dcam-teacher pretrain` flags. Torch-free, so the CLI reads its defaults without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dcam.core.errors import ConfigError
+from dcam.training.config import check_backbone
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    out: str
+    backbone: str = "resnet18"
+    n_classes: int = 128
+    instances_per_class: int | None = None  # None: render on the fly; else a fixed cached set
+    image_size: int = 64
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    minutes: float | None = 30.0  # budgets: training stops at whichever is reached first
+    max_images: int | None = None
+    amp: bool = True  # FP16 autocast + GradScaler, on CUDA only
+    workers: int | None = None  # render processes; None: none on CPU, up to 16 on CUDA
+    force: bool = False  # replace a teacher already in `out`
+
+    def __post_init__(self) -> None:
+        check_backbone(self.backbone)
+        if self.n_classes < 2 or self.batch_size < 2 or self.image_size < 32:
+            raise ConfigError("need n_classes >= 2, batch_size >= 2 and image_size >= 32")
+        if self.minutes is None and self.max_images is None:
+            raise ConfigError("give a budget: minutes, max_images or both")
+        if (self.minutes or 1) <= 0 or (self.max_images or 1) <= 0:
+            raise ConfigError("minutes and max_images must be positive")
+        if self.instances_per_class is not None and self.instances_per_class < 1:
+            raise ConfigError("instances_per_class must be at least 1 (or None: on the fly)")
