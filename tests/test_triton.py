@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tritonclient.utils import InferenceServerException
 
 from dcam.build.cli import build_group
 from dcam.build.parity import parity_images
 from dcam.build.verify import OUTPUTS, infer, reference_outputs, verify_repository
+from dcam.core import scoring
 from dcam.core.manifest import Manifest
 from dcam.serve.server import ServerConfig, ServerError, TritonServer, free_port
 
@@ -95,3 +100,74 @@ def test_reference_outputs_shapes(tiny_run: Path) -> None:
     outs = reference_outputs(tiny_run, manifest, parity_images(64)["random"])
     assert [o.shape for o in outs] == [(3, 64, 64), (3, 1), (3, 1)]
     assert len(OUTPUTS) == 3
+
+
+@pytest.mark.parametrize("layout", ["ensemble", "fused"])
+def test_bad_threshold_is_that_requests_error(
+    layout: str, ensemble_repo: Path, fused_repo: Path
+) -> None:
+    """A malformed request parameter fails its own request, permanently; the server goes on."""
+    import tritonclient.grpc as grpcclient
+
+    from dcam.client.triton import is_retryable
+
+    repo = ensemble_repo if layout == "ensemble" else fused_repo
+    images = parity_images(64)["generated"][:2]
+    with TritonServer(ServerConfig(repo)) as server:
+        conn = grpcclient.InferenceServerClient(server.grpc_url)
+        image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+        image.set_data_from_numpy(images)
+        with pytest.raises(InferenceServerException, match="finite number") as info:
+            conn.infer("dcam", [image], parameters={"threshold": "abc"})
+        assert not is_retryable(info.value)
+        with pytest.raises(InferenceServerException) as unknown:
+            conn.infer("no_such_model", [image])
+        assert not is_retryable(unknown.value)
+        _, scores, _ = infer("grpc", server.grpc_url, images)
+        assert scores.shape == (2, 1)
+    with pytest.raises(InferenceServerException) as down:
+        conn.infer("dcam", [image])
+    assert is_retryable(down.value), down.value.status()
+
+
+def test_support_modules_run_without_the_dcam_package(ensemble_repo: Path) -> None:
+    """The copies beside the Triton model import only each other: a stock container has no dcam."""
+    version = ensemble_repo / "postprocess" / "1"
+    code = f"""
+import importlib.abc, json, sys
+import numpy as np
+
+class NoDcam(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "dcam" or name.startswith("dcam."):
+            raise ImportError("dcam is not installed in a stock Triton container")
+
+sys.meta_path.insert(0, NoDcam())
+sys.path.insert(0, {str(version)!r})
+import batching, scoring
+spec = scoring.ScoringSpec.from_dict(json.loads(sys.stdin.read()))
+rng = np.random.default_rng(0)
+t = [rng.normal(size=(2, 8, 16, 16)).astype(np.float32) for _ in range(3)]
+s = [rng.normal(size=(2, 8, 16, 16)).astype(np.float32) for _ in range(3)]
+out = scoring.score(spec, t, s)
+try:
+    scoring.request_threshold({{"threshold": "x"}})
+    raise SystemExit("a malformed threshold was accepted")
+except ValueError:
+    pass
+assert batching.split({{"a": np.arange(5)}}, [2, 3])[1]["a"].tolist() == [2, 3, 4]
+print(json.dumps(out.normalised.tolist()))
+"""
+    manifest = Manifest.read(ensemble_repo)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input=manifest.scoring.to_json(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rng = np.random.default_rng(0)
+    t = [rng.normal(size=(2, 8, 16, 16)).astype(np.float32) for _ in range(3)]
+    s = [rng.normal(size=(2, 8, 16, 16)).astype(np.float32) for _ in range(3)]
+    expected = scoring.score(manifest.scoring, t, s).normalised
+    np.testing.assert_allclose(json.loads(result.stdout), expected, rtol=1e-6)
