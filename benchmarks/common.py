@@ -4,7 +4,6 @@ generated production-line images, and the machine's measured compute rate (the p
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -13,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dcam.core.files import write_json_atomic
+from dcam.core.versions import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -31,14 +33,8 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    import onnxruntime
-
-    return {
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "triton_server": "2.51.0 (nvidia-pytriton 0.7.0)",
-    }
+    # nvidia-pytriton 0.7.0 carries tritonserver 2.51.0
+    return package_versions("torch", "onnxruntime", "numpy", "nvidia-pytriton", "tritonclient")
 
 
 def git_commit() -> str:
@@ -136,7 +132,7 @@ def flops_per_image(size: int = 256, backbone: str = "resnet18") -> float:
 
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json_atomic(path, payload)
 
 
 def conv_gflops(threads: int = 0, batch: int = 8) -> float:

@@ -25,6 +25,7 @@ from dcam.core.errors import BuildError, ManifestError, OutputExistsError
 from dcam.core.files import write_json_atomic
 from dcam.core.manifest import Manifest
 from dcam.core.names import ENSEMBLE_MODEL, OUTPUTS, POSTPROCESS_MODEL, ROLES
+from dcam.core.versions import package_versions
 from dcam.training.manifest import versions
 
 
@@ -195,16 +196,7 @@ def build_repository(cfg: BuildConfig) -> dict:
 
 
 def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import onnxsim
-
-    return {
-        **versions(),
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxsim": onnxsim.__version__,
-    }
+    return {**versions(), **package_versions("onnx", "onnxruntime", "onnxsim", "tritonclient")}
 
 
 def worst_errors(report: dict) -> dict[str, float]:

@@ -8,28 +8,21 @@ data summary, metrics, versions).
 
 from __future__ import annotations
 
-import platform
-
-import numpy as np
-import PIL
 import torch
-import torchvision
 
 from dcam.core.manifest import MANIFEST_VERSION, Manifest, scoring_sections
 from dcam.core.names import LEVELS
 from dcam.core.scoring import ScoringSpec
+from dcam.core.versions import package_versions
 from dcam.training.config import TrainConfig
 from dcam.training.model import IMAGENET_MEAN, IMAGENET_STD
 
+TRAINING_PACKAGES = ("torch", "torchvision", "numpy", "pillow")
+
 
 def versions() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-    }
+    # torch's own string keeps the build's local label (e.g. +cu130) that its metadata drops.
+    return {**package_versions(*TRAINING_PACKAGES), "torch": torch.__version__}
 
 
 def build_manifest(
