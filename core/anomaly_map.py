@@ -25,7 +25,8 @@ else:  # a copy beside a Triton model, which needs no dcam package
 
 
 COMBINE_MODES = ("sum", "product")
-_EPS = 1e-8
+# Above FP16's smallest subnormal (6e-8), so the clamps also hold in an FP16 engine.
+_EPS = 1e-6
 
 
 def _is_torch(x) -> bool:
@@ -36,31 +37,54 @@ def _float32(x):
     return x.float() if _is_torch(x) else np.asarray(x, dtype=np.float32)
 
 
-def _like(matrix: np.ndarray, x):
-    """A numpy constant as the same kind of array as x (a tensor on x's device for torch)."""
+@lru_cache(maxsize=256)
+def _numpy_matrix(build, args: tuple, transpose: bool) -> np.ndarray:
+    matrix = build(*args)
+    return np.ascontiguousarray(matrix.T) if transpose else matrix
+
+
+@lru_cache(maxsize=256)
+def _torch_matrix(build, args: tuple, transpose: bool, device: str):
+    """Built and copied to `device` once: no host-to-device copy per request, and none inside a
+    CUDA-graph capture (where a copy from pageable memory fails)."""
+    import torch
+
+    return torch.as_tensor(_numpy_matrix(build, args, transpose), device=device)
+
+
+def _matrix(x, build, *args, transpose: bool = False):
+    """The constant build(*args) as the same kind of array as x (a tensor on x's device)."""
     if _is_torch(x):
-        import torch
-
-        return torch.as_tensor(matrix, device=x.device)
-    return matrix
+        return _torch_matrix(build, args, transpose, str(x.device))
+    return _numpy_matrix(build, args, transpose)
 
 
-def cosine_distance(teacher, student):
-    """Return 1 - cos over channels, (N, C, h, w) x2 -> (N, h, w), computed in float32.
+def _unit(x):
+    """x / |x| over channels (axis 1), without squaring large values.
 
-    Float32 on purpose: squared norms of FP16 features overflow, so callers with half-precision
-    features still get a stable map.
+    Each vector is first divided by its largest magnitude, so no intermediate exceeds the channel
+    count: overflow-safe in FP16, where sqrt(|t|^2 * |s|^2) passes 65504 for 256 channels of
+    magnitude ~4. Cosine is scale-invariant, so the result is the same.
     """
-    t, s = _float32(teacher), _float32(student)
+    if _is_torch(x):
+        y = x / x.abs().amax(1, keepdim=True).clamp_min(_EPS)
+        return y / (y * y).sum(1, keepdim=True).sqrt().clamp_min(_EPS)
+    y = x / np.maximum(np.abs(x).max(1, keepdims=True), _EPS)
+    return y / np.maximum(np.sqrt((y * y).sum(1, keepdims=True)), _EPS)
+
+
+def cosine_distance(teacher, student, keep_dtype: bool = False):
+    """Return 1 - cos over channels, (N, C, h, w) x2 -> (N, h, w).
+
+    Computed in float32 unless keep_dtype (then in the inputs' precision, as an FP16 engine
+    computes the exported graph); overflow-safe either way (see `_unit`).
+    """
+    t, s = (teacher, student) if keep_dtype else (_float32(teacher), _float32(student))
     if tuple(t.shape) != tuple(s.shape) or t.ndim != 4:
         raise InputError(
             f"teacher {tuple(t.shape)} and student {tuple(s.shape)} must both be (N, C, h, w)"
         )
-    dot = (t * s).sum(1)
-    norms = ((t * t).sum(1) * (s * s).sum(1)) ** 0.5
-    if _is_torch(norms):
-        return 1.0 - dot / norms.clamp_min(_EPS)
-    return (1.0 - dot / np.maximum(norms, _EPS)).astype(np.float32)
+    return 1.0 - (_unit(t) * _unit(s)).sum(1)
 
 
 @lru_cache(maxsize=32)
@@ -83,8 +107,8 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
 
 def resize_bilinear(maps, size: tuple[int, int]):
     """Upsample (N, h, w) maps to (N, H, W) exactly as torch's bilinear (align_corners=False)."""
-    rows = _like(bilinear_matrix(int(size[0]), int(maps.shape[1])), maps)
-    cols = _like(bilinear_matrix(int(size[1]), int(maps.shape[2])).T.copy(), maps)
+    rows = _matrix(maps, bilinear_matrix, int(size[0]), int(maps.shape[1]))
+    cols = _matrix(maps, bilinear_matrix, int(size[1]), int(maps.shape[2]), transpose=True)
     return rows @ maps @ cols
 
 
@@ -110,8 +134,8 @@ def gaussian_smooth(maps, sigma: float):
     """Separable Gaussian blur of (N, H, W) maps; sigma <= 0 returns the maps unchanged."""
     if sigma <= 0:
         return maps
-    rows = _like(gaussian_matrix(int(maps.shape[1]), float(sigma)), maps)
-    cols = _like(gaussian_matrix(int(maps.shape[2]), float(sigma)).T.copy(), maps)
+    rows = _matrix(maps, gaussian_matrix, int(maps.shape[1]), float(sigma))
+    cols = _matrix(maps, gaussian_matrix, int(maps.shape[2]), float(sigma), transpose=True)
     return rows @ maps @ cols
 
 
@@ -153,9 +177,14 @@ def _smoothed_resize_matrix(out_size: int, in_size: int, sigma: float) -> np.nda
 
 def _resize_and_smooth(maps, size: tuple[int, int], sigma: float):
     """gaussian_smooth(resize_bilinear(maps, size), sigma) with pre-multiplied matrices."""
-    rows = _like(_smoothed_resize_matrix(int(size[0]), int(maps.shape[1]), float(sigma)), maps)
-    cols = _like(
-        _smoothed_resize_matrix(int(size[1]), int(maps.shape[2]), float(sigma)).T.copy(), maps
+    rows = _matrix(maps, _smoothed_resize_matrix, int(size[0]), int(maps.shape[1]), float(sigma))
+    cols = _matrix(
+        maps,
+        _smoothed_resize_matrix,
+        int(size[1]),
+        int(maps.shape[2]),
+        float(sigma),
+        transpose=True,
     )
     return rows @ maps @ cols
 

@@ -167,6 +167,19 @@ def judge(calibration: Calibration, raw: Any, threshold: float | None = None) ->
     return normalised, decide(normalised, limit)
 
 
+def warm_up(spec: ScoringSpec, level_shapes: Sequence[Sequence[int]], device: str) -> None:
+    """Run the rule once on zero torch features on `device`, so its constant matrices are built
+    and copied there now (in a model's initialize), not per request or inside a CUDA graph.
+
+    Args:
+        level_shapes: (C, h, w) of each feature level.
+    """
+    import torch
+
+    zeros = [torch.zeros((1, *shape), device=device) for shape in level_shapes]
+    score(spec, zeros, zeros)
+
+
 def score(
     spec: ScoringSpec,
     teacher: Sequence[Any],

@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 
 from dcam.core import anomaly_map as amap
 from dcam.core import scoring
-from dcam.core.scoring import Calibration
+from dcam.core.scoring import Calibration, ScoringSpec
 
 
 @pytest.mark.parametrize(
@@ -98,4 +98,39 @@ def test_folded_smoothing_equals_resize_then_blur() -> None:
     product = amap.gaussian_smooth(levels[0] * levels[1], 3.0)
     np.testing.assert_allclose(
         amap.anomaly_map(t, s, (64, 64), "product", 3.0), product, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_cosine_is_overflow_safe_in_fp16() -> None:
+    """A TensorRT FP16 engine computes the fused graph's cosine in FP16: |t|^2 * |s|^2 for 256
+    channels of magnitude ~8 is ~1e9, far past FP16's 65504; the map must stay finite and right."""
+    rng = np.random.default_rng(7)
+    t = rng.uniform(0, 16, size=(2, 256, 4, 4)).astype(np.float32)
+    s = t + rng.normal(0, 2, size=t.shape).astype(np.float32)
+    half = amap.cosine_distance(
+        torch.from_numpy(t).half(), torch.from_numpy(s).half(), keep_dtype=True
+    )
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    t64, s64 = t.astype(np.float64), s.astype(np.float64)
+    ref = 1 - (t64 * s64).sum(1) / np.sqrt((t64 * t64).sum(1) * (s64 * s64).sum(1))
+    np.testing.assert_allclose(half.float().numpy(), ref, atol=2e-3)
+    np.testing.assert_allclose(amap.cosine_distance(t, s), ref, atol=1e-6)
+    zeros = np.zeros((1, 8, 2, 2), np.float32)
+    assert np.isfinite(amap.cosine_distance(zeros, zeros)).all()  # no 0/0 for empty features
+
+
+def test_resize_matrices_are_built_once_per_device() -> None:
+    """Copying the constant matrices to the device on every request (and inside a CUDA-graph
+    capture) was the defect: they are cached per device and warmed up front."""
+    spec = ScoringSpec((32, 32), "sum", 2.0, Calibration(0.0, 1.0, 0.0))
+    scoring.warm_up(spec, [(8, 8, 8), (8, 4, 4)], "cpu")
+    before = amap._torch_matrix.cache_info()
+    feats = [torch.rand(2, 8, 8, 8), torch.rand(2, 8, 4, 4)]
+    scoring.score(spec, feats, feats)
+    scoring.score(spec, feats, feats)
+    after = amap._torch_matrix.cache_info()
+    assert after.misses == before.misses and after.hits > before.hits
+    m = torch.zeros(1, 8, 8)
+    assert amap._matrix(m, amap.bilinear_matrix, 32, 8) is amap._matrix(
+        m, amap.bilinear_matrix, 32, 8
     )

@@ -71,7 +71,9 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
+        # Cast first: TensorRT takes UINT8 only as a network input feeding a Cast (onnx-tensorrt
+        # docs/operators.md: "UINT8 is only supported as network input or output tensor types").
+        x = images.float().permute(0, 3, 1, 2)
         return (x - self.mean) / self.std
 
 
