@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from dcam.core.errors import ConfigError
 
@@ -49,6 +50,11 @@ class BuildConfig:
             )
         if self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
             raise ConfigError("instances must be >= 1, queue_delay_us and threads >= 0")
+
+    def timing_cache_path(self) -> Path:
+        """Where TensorRT's timing cache persists between builds: beside OUT, never inside the
+        temporary build folder (whose random name would make every build start cold)."""
+        return Path(self.timing_cache or f"{Path(self.out)}.timing.cache")
 
     def session_threads(self, sessions: int) -> int:
         """ONNX Runtime threads per session, sized so concurrent sessions share the cores."""

@@ -19,12 +19,21 @@ from dcam.build import repository as repo_mod
 from dcam.build import trt
 from dcam.build.config import BuildConfig
 from dcam.build.export import FusedNet, export_onnx, load_feature_net
-from dcam.build.parity import check_onnx, onnxruntime_session, output_errors, parity_images
+from dcam.build.parity import check_onnx, engine_errors
+from dcam.build.readiness import require_tensorrt_ready, tensorrt_problems
 from dcam.build.simplify import onnx_io, simplify_onnx
 from dcam.core.errors import BuildError, ManifestError, OutputExistsError
 from dcam.core.files import write_json_atomic
 from dcam.core.manifest import Manifest
-from dcam.core.names import ENSEMBLE_MODEL, OUTPUTS, POSTPROCESS_MODEL, ROLES
+from dcam.core.names import (
+    ANOMALY_MAP,
+    DECIDE_MODEL,
+    ENSEMBLE_MODEL,
+    FUSED_MODEL,
+    POSTPROCESS_MODEL,
+    ROLES,
+    SCORE,
+)
 from dcam.core.versions import package_versions
 from dcam.training.manifest import versions
 
@@ -81,18 +90,18 @@ def _export_checked(
 
 
 def _place_engine(
-    onnx_path: Path,
-    version: Path,
-    target: str,
-    cfg: BuildConfig,
-    out: Path,
-    report: dict,
-    name: str,
+    onnx_path: Path, version: Path, target: str, cfg: BuildConfig, report: dict, name: str
 ) -> None:
-    """CPU: the ONNX graph itself; TRT: an FP16 plan checked against ONNX Runtime FP32."""
+    """CPU: the ONNX graph itself; TRT: an FP16 plan checked against ONNX Runtime FP32 (GPU).
+
+    Every graph is checked against TensorRT's rules and the result recorded; a TensorRT build
+    refuses a graph that breaks them before the parser sees it.
+    """
     shutil.copy2(onnx_path, version / "model.onnx")
+    report["models"][name]["tensorrt_problems"] = tensorrt_problems(onnx_path)
     if target != "trt":
         return
+    require_tensorrt_ready(onnx_path)
     io = report["models"][name]["io"]
     image = io["inputs"][0]
     shapes = {
@@ -101,14 +110,9 @@ def _place_engine(
             for b in (cfg.min_batch_size, cfg.opt_batch_size, cfg.max_batch_size)
         )
     }
-    cache = Path(cfg.timing_cache or f"{out}.timing.cache")
     build = trt.build_engine_trtexec if cfg.builder == "trtexec" else trt.build_engine_python
-    build(onnx_path, version / "model.plan", shapes, cfg.workspace_mib, cache)
-    images = parity_images(image["dims"][0])["generated"]
-    names = [o["name"] for o in io["outputs"]]
-    ref = onnxruntime_session(onnx_path).run(names, {image["name"]: images})
-    got = trt.run_engine(version / "model.plan", {image["name"]: images}, names)
-    errors = output_errors(ref, got, names)
+    build(onnx_path, version / "model.plan", shapes, cfg.workspace_mib, cfg.timing_cache_path())
+    errors = engine_errors(onnx_path, version / "model.plan", io)
     report["models"][name]["tensorrt_fp16_vs_onnxruntime_fp32"] = errors
     worst = max(e["max_rel"] for e in errors.values())
     if worst > cfg.fp16_tolerance:
@@ -135,7 +139,7 @@ def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
         io = report["models"][role]["io"]
         config = repo_mod.model_config(role, io, cfg, target, _serving_params(cfg, target, 2))
         version = repo_mod.write_model(tmp, config, _runner(target))
-        _place_engine(onnx_path, version, target, cfg, tmp, report, role)
+        _place_engine(onnx_path, version, target, cfg, report, role)
     teacher_io = report["models"]["teacher"]["io"]
     post_io = repo_mod.postprocess_io(manifest, teacher_io)
     params = repo_mod.postprocess_params(manifest, teacher_io, target)
@@ -154,13 +158,17 @@ def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
         load_feature_net(run_dir, manifest, "student"),
         manifest.scoring,
     ).eval()
-    name = ENSEMBLE_MODEL
-    onnx_path = _export_checked(net, name, list(OUTPUTS), work, manifest, cfg, report)
-    io = report["models"][name]["io"]
-    extra = {"score_output": OUTPUTS[1], "decision_output": OUTPUTS[2]}
-    config = repo_mod.model_config(name, io, cfg, target, _serving_params(cfg, target, 1, extra))
+    outputs = [ANOMALY_MAP, SCORE]
+    onnx_path = _export_checked(net, FUSED_MODEL, outputs, work, manifest, cfg, report)
+    io = report["models"][FUSED_MODEL]["io"]
+    config = repo_mod.model_config(FUSED_MODEL, io, cfg, target, _serving_params(cfg, target, 1))
     version = repo_mod.write_model(tmp, config, _runner(target))
-    _place_engine(onnx_path, version, target, cfg, tmp, report, name)
+    _place_engine(onnx_path, version, target, cfg, report, FUSED_MODEL)
+    params = {"scoring": manifest.scoring.to_json()}
+    decide = repo_mod.model_config(DECIDE_MODEL, repo_mod.decide_io(), cfg, "cpu", params, True)
+    repo_mod.write_model(tmp, decide, "decide.py")
+    ensemble = repo_mod.fused_ensemble_config(ENSEMBLE_MODEL, io, cfg.max_batch_size)
+    repo_mod.write_model(tmp, ensemble)
 
 
 def build_repository(cfg: BuildConfig) -> dict:

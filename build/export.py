@@ -34,10 +34,11 @@ class FeatureNet(nn.Module):
 
 
 class FusedNet(nn.Module):
-    """Teacher, student and the scoring rule in one graph (no Python hop in serving).
+    """Teacher, student and the scoring rule up to the normalised score, in one graph.
 
-    Outputs, in `OUTPUTS` order: the anomaly map, the normalised score and the decision with
-    the global calibration baked in as constants.
+    Outputs: the anomaly map and the normalised score (global calibration baked in as
+    constants). The decision is the `decide` step's, which reads the request's threshold: a
+    TensorRT plan cannot, and the graph then carries no BOOL tensor at all.
     """
 
     def __init__(self, teacher: FeatureNet, student: FeatureNet, spec: ScoringSpec) -> None:
@@ -46,7 +47,7 @@ class FusedNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         scored = scoring.score(self.spec, self.teacher(images), self.student(images))
-        return scored.maps, scored.normalised[:, None], scored.decisions[:, None]
+        return scored.maps, scored.normalised[:, None]
 
 
 def _load_weights(path: Path) -> dict:

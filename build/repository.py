@@ -23,6 +23,8 @@ from dcam.core import anomaly_map, batching, scoring
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
     ANOMALY_MAP,
+    DECIDE_MODEL,
+    FUSED_MODEL,
     IS_ANOMALOUS,
     POSTPROCESS_MODEL,
     ROLES,
@@ -118,6 +120,29 @@ def postprocess_params(manifest: Manifest, teacher_io: dict, target: str) -> dic
         # On GPU the features stay on the device (DLPack); on CPU numpy needs host tensors.
         "FORCE_CPU_ONLY_INPUT_TENSORS": "yes" if target == "cpu" else "no",
     }
+
+
+def decide_io() -> dict:
+    """The fused layout's decision step: the normalised score in, the decision out."""
+    return {
+        "inputs": [{"name": SCORE, "dtype": "float32", "dims": [1]}],
+        "outputs": [{"name": IS_ANOMALOUS, "dtype": "bool", "dims": [1]}],
+    }
+
+
+def fused_ensemble_config(name: str, fused_io: dict, max_batch_size: int) -> mc.ModelConfig:
+    """`IMAGE -> fused (map, score) -> decide (decision)` as a Triton ensemble."""
+    image = fused_io["inputs"][0]
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    config.input.extend(_tensors(mc.ModelInput, [image]))
+    config.output.extend(_tensors(mc.ModelOutput, fused_io["outputs"] + decide_io()["outputs"]))
+    fused = config.ensemble_scheduling.step.add(model_name=FUSED_MODEL, model_version=-1)
+    fused.input_map[image["name"]] = image["name"]
+    fused.output_map.update({t["name"]: t["name"] for t in fused_io["outputs"]})
+    decide = config.ensemble_scheduling.step.add(model_name=DECIDE_MODEL, model_version=-1)
+    decide.input_map[SCORE] = SCORE
+    decide.output_map[IS_ANOMALOUS] = IS_ANOMALOUS
+    return config
 
 
 def ensemble_config(

@@ -8,11 +8,38 @@ container that serves them.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from dcam.core.errors import BuildError
+from dcam.core.files import write_atomic
+
+# NVIDIA's TensorRT and Triton containers keep trtexec here, off PATH.
+TRTEXEC_FALLBACKS = (Path("/usr/src/tensorrt/bin/trtexec"),)
+
+
+def has_fast_fp16(capability: tuple[int, int]) -> bool:
+    """Full-rate FP16 arithmetic by compute capability (CUDA C++ Programming Guide, arithmetic
+    instruction throughput): 5.3, 6.0, 6.2 and 7.0 on; 6.1 (consumer Pascal) runs FP16 at 1/64.
+    Replaces TensorRT's platform_has_fast_fp16, deprecated in TensorRT 10 (TRT_DEPRECATED in the
+    IBuilder API reference)."""
+    return capability >= (7, 0) or capability in ((5, 3), (6, 0), (6, 2))
+
+
+def find_trtexec(fallbacks: tuple[Path, ...] = TRTEXEC_FALLBACKS) -> Path:
+    """trtexec on PATH, else where NVIDIA's containers install it; BuildError when neither."""
+    found = shutil.which("trtexec")
+    if found:
+        return Path(found)
+    for path in fallbacks:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise BuildError(
+        f"trtexec is neither on PATH nor at {', '.join(map(str, fallbacks))}; use "
+        "--builder python, or build inside NVIDIA's TensorRT or Triton container"
+    )
 
 
 def missing_for_trt() -> list[str]:
@@ -51,10 +78,12 @@ def build_engine_python(
     """Parse ONNX, set an FP16 profile over batch, persist the timing cache, write the plan.
 
     The FP16 builder flag is deprecated from TensorRT 10.12 (strongly typed networks from an FP16
-    ONNX replace it) but still builds; the cosine and normalisation stay in FP32 either way since
-    the ensemble computes them in the post-processing model.
+    ONNX replace it) but still builds. In the ensemble layout the cosine and normalisation run in
+    FP32 in the post-processing model; in the fused layout TensorRT may run them in FP16, which
+    the map maths survives: it is overflow-safe by construction (core/anomaly_map.py `_unit`).
     """
     import tensorrt as trt
+    import torch
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -65,20 +94,29 @@ def build_engine_python(
         raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if not builder.platform_has_fast_fp16:
-        raise BuildError("this GPU has no fast FP16; refusing to build an FP32 engine instead")
+    capability = torch.cuda.get_device_capability()
+    if not has_fast_fp16(capability):
+        raise BuildError(
+            f"this GPU (compute capability {capability[0]}.{capability[1]}) has no fast FP16; "
+            "refusing to build an FP32 engine instead"
+        )
     config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise BuildError(
+            f"TensorRT refused the timing cache {timing_cache} (made by another TensorRT version "
+            "or GPU); delete it or pass another --timing-cache"
+        )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BuildError(f"TensorRT returned no engine for {onnx_path} (see the log above)")
     plan_path.write_bytes(bytes(plan))
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    cache_bytes = bytes(config.get_timing_cache().serialize())
+    write_atomic(timing_cache, lambda fh: fh.write(cache_bytes))  # shared across builds
 
 
 def trtexec_command(
@@ -94,7 +132,7 @@ def trtexec_command(
         return ",".join(f"{n}:{'x'.join(map(str, s[i]))}" for n, s in shapes.items())
 
     return [
-        "trtexec",
+        "trtexec",  # replaced by the path find_trtexec resolves
         f"--onnx={onnx_path}",
         f"--saveEngine={plan_path}",
         "--fp16",
@@ -108,9 +146,7 @@ def trtexec_command(
 
 
 def build_engine_trtexec(*args) -> None:
-    if shutil.which("trtexec") is None:
-        raise BuildError("trtexec is not on PATH; use --builder python or NVIDIA's container")
-    cmd = trtexec_command(*args)
+    cmd = [str(find_trtexec()), *trtexec_command(*args)[1:]]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"trtexec failed ({result.returncode}):\n{result.stdout[-4000:]}")

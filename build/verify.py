@@ -1,7 +1,9 @@
 """`dcam-build verify`: serve a built repository with the real tritonserver and compare it with
 the in-process PyTorch reference (same weights, same scoring rule) over HTTP and gRPC.
 
-Reads the repository's `build_report.json` (to find the training run) and `manifest.json`.
+A TensorRT repository cannot be served here: the embedded tritonserver has no TensorRT backend.
+For it, verify compares each engine with ONNX Runtime FP32 on the GPU instead (needs TensorRT
+and a CUDA GPU) and says so. Reads the repository's `build_report.json` and `manifest.json`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcam.build import trt
 from dcam.build.engines import read_build_report
 from dcam.build.export import load_feature_net
-from dcam.build.parity import output_errors, parity_images
+from dcam.build.parity import engine_errors, output_errors, parity_images
 from dcam.core import scoring
 from dcam.core.errors import BuildError
 from dcam.core.manifest import Manifest
@@ -62,14 +65,48 @@ def _compare(ref: list[np.ndarray], got: list[np.ndarray], threshold: float) -> 
     return errors
 
 
+def verify_engines(repo: Path, build: dict) -> dict:
+    """Each TensorRT plan against ONNX Runtime FP32 on the GPU, within the build's tolerance."""
+    missing = trt.missing_for_trt()
+    if missing:
+        raise BuildError(
+            f"{repo} holds TensorRT engines; the embedded tritonserver has no TensorRT "
+            "backend, so verify compares each engine with ONNX Runtime FP32 on the GPU "
+            f"instead, which needs {' and '.join(missing)}. Serve the repository in NVIDIA's "
+            "Triton container (the one whose TensorRT built it) for an end-to-end check."
+        )
+    tolerance = build["config"]["fp16_tolerance"]
+    checked = "TensorRT engines match ONNX Runtime FP32 on the GPU"
+    report: dict = {"repository": str(repo), "checked": checked, "results": {}}
+    for name, model in build["models"].items():
+        version = Path(repo) / name / "1"
+        errors = engine_errors(version / "model.onnx", version / "model.plan", model["io"])
+        report["results"][f"tensorrt/{name}"] = errors
+    failures = [
+        f"{key} {out}: {err}"
+        for key, outs in report["results"].items()
+        for out, err in outs.items()
+        if err["max_rel"] > tolerance
+    ]
+    report["ok"] = not failures
+    if failures:
+        raise BuildError("engines differ from ONNX Runtime FP32:\n" + "\n".join(failures))
+    return report
+
+
 def verify_repository(
     repo: Path,
     run_dir: Path | None = None,
     tolerance: float = 1e-4,
     protocols: tuple[str, ...] = ("http", "grpc"),
 ) -> dict:
-    """Serve `repo`, send a batch of 1 and one larger than the preferred size, compare."""
+    """Serve `repo`, send a batch of 1 and one larger than the preferred size, compare.
+
+    A TensorRT repository is checked engine by engine on the GPU instead (`verify_engines`).
+    """
     build = read_build_report(repo)
+    if build["target"] == "trt":
+        return verify_engines(repo, build)
     run_dir = Path(run_dir or build["run_dir"])
     manifest = Manifest.read(Path(repo))
     size = manifest.input_size[0]
@@ -79,7 +116,13 @@ def verify_repository(
     )
     batches = {"batch_1": images[:1], f"batch_{big}": images[:big]}
     threshold = manifest.scoring.calibration.threshold
-    report: dict = {"repository": str(repo), "run_dir": str(run_dir), "results": {}}
+    checked = "served maps, scores and decisions match the in-process reference"
+    report: dict = {
+        "repository": str(repo),
+        "run_dir": str(run_dir),
+        "checked": checked,
+        "results": {},
+    }
     with TritonServer(ServerConfig(Path(repo))) as server:
         urls = {"http": server.http_url, "grpc": server.grpc_url}
         for name, batch in batches.items():

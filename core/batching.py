@@ -10,8 +10,31 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def on_one_device(per_request: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """[request][input] arrays on one device: all on the GPU when any input is there.
+
+    Triton may hand a model some inputs in GPU memory and others in host memory (its CUDA pool
+    falls back to pinned host memory when exhausted), so a batch must not assume either. numpy
+    arrays stay numpy when no input is a torch tensor.
+    """
+    tensors = [a for arrays in per_request for a in arrays if _is_torch(a)]
+    if not tensors:
+        return [list(arrays) for arrays in per_request]
+    import torch
+
+    device = next((t.device for t in tensors if t.device.type != "cpu"), tensors[0].device)
+    return [
+        [a.to(device) if _is_torch(a) else torch.from_numpy(a).to(device) for a in arrays]
+        for arrays in per_request
+    ]
+
+
 def _concat(parts: Sequence[Any]) -> Any:
-    if type(parts[0]).__module__.split(".")[0] == "torch":
+    if _is_torch(parts[0]):
         import torch
 
         return torch.cat(list(parts))

@@ -13,7 +13,9 @@ OUTPUTS = (ANOMALY_MAP, SCORE, IS_ANOMALOUS)
 DECISION_OUTPUTS = (SCORE, IS_ANOMALOUS)  # without the map: 256 KiB less per image at 256 px
 ENSEMBLE_MODEL = "dcam"  # the model a client calls, in both layouts
 ROLES = ("teacher", "student")
-POSTPROCESS_MODEL = "postprocess"
+POSTPROCESS_MODEL = "postprocess"  # ensemble layout: teacher || student -> postprocess
+FUSED_MODEL = "fused"  # fused layout: one graph (map and score) -> decide (the threshold)
+DECIDE_MODEL = "decide"
 
 
 def feature_name(role: str, level: str) -> str:

@@ -56,6 +56,23 @@ def ensemble_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return _build(tiny_run, tmp_path_factory.mktemp("repos") / "ensemble", "ensemble")
 
 
+@pytest.fixture
+def gpu_input_repo(ensemble_repo: Path, tmp_path: Path) -> Path:
+    """The CPU repository with postprocess configured for GPU inputs, as `--target trt` writes
+    it (FORCE_CPU_ONLY_INPUT_TENSORS "no"), edited through Triton's own config protobuf."""
+    import shutil
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo = shutil.copytree(ensemble_repo, tmp_path / "gpu-input-repo")
+    path = repo / "postprocess" / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+    path.write_text(text_format.MessageToString(config))
+    return repo
+
+
 @pytest.fixture(scope="session")
 def fused_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tiny_run, tmp_path_factory.mktemp("repos") / "fused", "fused")

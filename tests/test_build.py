@@ -70,12 +70,16 @@ def test_configs_parse_back_field_by_field(ensemble_repo: Path) -> None:
     assert post.output[2].data_type == model_config_pb2.TYPE_BOOL
 
 
-def test_ensemble_steps_consume_only_what_exists(ensemble_repo: Path) -> None:
-    ensemble = parse_config(ensemble_repo / "dcam" / "config.pbtxt")
+@pytest.mark.parametrize("layout", ["ensemble", "fused"])
+def test_ensemble_steps_consume_only_what_exists(
+    layout: str, ensemble_repo: Path, fused_repo: Path
+) -> None:
+    repo = ensemble_repo if layout == "ensemble" else fused_repo
+    ensemble = parse_config(repo / "dcam" / "config.pbtxt")
     assert ensemble.platform == "ensemble"
     available = {i.name for i in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
-        model = parse_config(ensemble_repo / step.model_name / "config.pbtxt")
+        model = parse_config(repo / step.model_name / "config.pbtxt")
         assert set(step.input_map) == {i.name for i in model.input}
         assert set(step.input_map.values()) <= available
         assert set(step.output_map) <= {o.name for o in model.output}
@@ -84,11 +88,22 @@ def test_ensemble_steps_consume_only_what_exists(ensemble_repo: Path) -> None:
 
 
 def test_fused_repository(fused_repo: Path) -> None:
-    assert sorted(p.name for p in fused_repo.iterdir() if p.is_dir()) == ["dcam"]
+    """One graph for map and score, then a Python step that decides with the request's
+    threshold (a TensorRT plan cannot read request parameters), on both targets alike."""
+    assert sorted(p.name for p in fused_repo.iterdir() if p.is_dir()) == [
+        "dcam",
+        "decide",
+        "fused",
+    ]
     config = parse_config(fused_repo / "dcam" / "config.pbtxt")
     assert [o.name for o in config.output] == ["anomaly_map", "score", "is_anomalous"]
+    fused = parse_config(fused_repo / "fused" / "config.pbtxt")
+    assert [o.name for o in fused.output] == ["anomaly_map", "score"]
+    decide = parse_config(fused_repo / "decide" / "config.pbtxt")
+    assert decide.backend == "python" and decide.output[0].data_type == model_config_pb2.TYPE_BOOL
+    assert decide.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     report = json.loads((fused_repo / "build_report.json").read_text())
-    assert worst_errors(report)["dcam"] < 1e-4
+    assert worst_errors(report)["fused"] < 1e-4
 
 
 def test_existing_output_needs_force(tiny_run: Path, ensemble_repo: Path) -> None:

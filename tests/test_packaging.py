@@ -1,11 +1,13 @@
-"""What the distribution promises: the client extra installs alone, without torch, and scores
-through a real server; the README renders as intended and matches the code."""
+"""What the distribution promises: the client and serve extras each install alone, without
+torch, and do their job against the real server (the serve-only environment is also what
+Triton's plain -py3 container is: no torch); the README renders as intended and matches."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from importlib.metadata import distribution
@@ -14,12 +16,73 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
+from dcam.build.parity import parity_images
+from dcam.build.verify import infer
 from dcam.datasets.synthetic import CATEGORIES
-from dcam.serve.server import ServerConfig, TritonServer
+from dcam.serve.server import ServerConfig, TritonServer, free_port
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 NOT_SOURCE = (".git", ".venv", "runs", "data", "__pycache__", "*.egg-info", ".*_cache", "*.onnx")
+
+
+def install_extra(work: Path, extra: str) -> Path:
+    """A fresh virtualenv with dcam[extra] alone; returns its bin/ (asserting it has no torch)."""
+    # Install from a copy: setuptools builds in-tree, into build/lib, and build/ is our source.
+    source = work / "source"
+    if not source.exists():
+        shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    venv = work / f"{extra}-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_dir = venv / "bin"
+    install = [str(bin_dir / "pip"), "install", "--quiet", f"{source}[{extra}]"]
+    subprocess.run(install, check=True, timeout=900, capture_output=True)
+    no_torch = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], capture_output=True)
+    assert no_torch.returncode != 0, f"the {extra} extra pulled in torch"
+    return bin_dir
+
+
+@pytest.fixture(scope="module")
+def serve_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install_extra(tmp_path_factory.mktemp("serve-only"), "serve")
+
+
+def _serve(bin_dir: Path, repo: Path) -> tuple[subprocess.Popen, str]:
+    """`dcam-serve REPO` from bin_dir on free ports; returns the process and its gRPC URL."""
+    ports = [str(free_port()) for _ in range(3)]
+    cmd = [str(bin_dir / "dcam-serve"), str(repo), "--ready-timeout", "90"]
+    cmd += ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, f"127.0.0.1:{ports[1]}"
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_serve_extra_alone_serves_the_cpu_repository(serve_bin: Path, ensemble_repo: Path) -> None:
+    """No torch anywhere in the server's environment: the CPU repository still serves."""
+    proc, url = _serve(serve_bin, ensemble_repo)
+    try:
+        assert "serving" in proc.stdout.readline()
+        images = parity_images(64)["generated"]
+        _, scores, decided = infer("grpc", url, images)
+        assert scores.shape == (len(images), 1) and decided.dtype == bool
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_gpu_inputs_without_torch_fail_the_load_saying_why(
+    serve_bin: Path, gpu_input_repo: Path
+) -> None:
+    """GPU-input post-processing imports torch in initialize: a container without it fails at
+    load with the reason, not on the first request."""
+    proc, _ = _serve(serve_bin, gpu_input_repo)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output
+    assert "needs PyTorch" in output and "-pyt-python-py3" in output
 
 
 @pytest.mark.slow
@@ -27,16 +90,7 @@ NOT_SOURCE = (".git", ".venv", "runs", "data", "__pycache__", "*.egg-info", ".*_
 def test_client_extra_alone_scores_without_torch(
     tmp_path: Path, ensemble_repo: Path, synthetic_root: Path
 ) -> None:
-    # Install from a copy: setuptools builds in-tree, into build/lib, and build/ is our source.
-    source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
-    venv = tmp_path / "client-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    bin_dir = venv / "bin"
-    install = [str(bin_dir / "pip"), "install", "--quiet", f"{source}[client]"]
-    subprocess.run(install, check=True, timeout=900, capture_output=True)
-    no_torch = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], capture_output=True)
-    assert no_torch.returncode != 0, "the client extra pulled in torch"
+    bin_dir = install_extra(tmp_path, "client")
     help_text = subprocess.run(
         [str(bin_dir / "dcam-client"), "score", "--help"], capture_output=True, text=True
     )

@@ -3,9 +3,7 @@
 The embedded tritonserver has no ONNX Runtime backend, so the CPU target serves the teacher, the
 student and the fused graph through this file. Requests that dynamic batching hands over together
 run as one batch. Tensor names and types come from config.pbtxt (written by dcam-build), with
-the parameter intra_op_threads; for the fused graph score_output/decision_output name the
-outputs that a request parameter `threshold` re-decides, with `scoring.py` (copied beside this
-file) as in the ensemble.
+the parameter intra_op_threads. A failed batch answers each of its requests with the error.
 """
 
 import json
@@ -14,7 +12,6 @@ import os
 import batching
 import numpy as np
 import onnxruntime as ort
-import scoring
 import triton_python_backend_utils as pb_utils
 
 
@@ -46,18 +43,9 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
         outputs = dict(zip(names, results, strict=True))
         parts = batching.split(outputs, batching.sizes(per_request))
-        return [self._respond(r, part) for r, part in zip(requests, parts, strict=True)]
+        return [self._respond(part) for part in parts]
 
-    def _respond(self, request, part):
-        """One response per request: its slice, its own threshold, or its own error."""
-        score, decision = self.params.get("score_output"), self.params.get("decision_output")
-        if score and decision:
-            try:
-                threshold = scoring.request_threshold(json.loads(request.parameters() or "{}"))
-            except ValueError as exc:
-                return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-            if threshold is not None:
-                part[decision] = scoring.decide(part[score], threshold)
+    def _respond(self, part):
         tensors = [
             pb_utils.Tensor(n, np.asarray(v).astype(self.dtypes[n], copy=False))
             for n, v in part.items()

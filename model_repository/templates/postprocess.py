@@ -3,9 +3,12 @@
 A thin adapter, as python_backend's add_sub example: tensor names, types and the scoring record
 come from config.pbtxt (written by dcam-build); the maths is `scoring.py` and `anomaly_map.py`,
 copied beside this file at build time (Triton puts the version folder on sys.path), the same
-rule training evaluates with. On the CPU it runs in numpy; with GPU inputs
-(FORCE_CPU_ONLY_INPUT_TENSORS off) it stays on the device through DLPack and torch, in FP32.
-A request parameter `threshold` overrides the calibrated decision threshold for that request.
+rule training evaluates with. On the CPU it runs in numpy and never imports torch. With GPU
+inputs (FORCE_CPU_ONLY_INPUT_TENSORS "no") it stays on the device through DLPack and torch, in
+FP32: torch is imported and the rule's constant matrices are put on the device in `initialize`
+(a container without torch fails the load, saying so), and a batch whose inputs Triton placed
+partly in host memory is moved to the device whole. A request parameter `threshold` overrides
+the calibrated decision threshold for that request.
 """
 
 import json
@@ -21,19 +24,28 @@ except ImportError:
     threadpool_limits = None
 
 
-def _to_array(tensor):
+def _import_torch():
+    try:
+        import torch
+        import torch.utils.dlpack
+    except ImportError as exc:
+        raise RuntimeError(
+            "postprocess takes GPU inputs (FORCE_CPU_ONLY_INPUT_TENSORS is 'no') and needs "
+            "PyTorch, which this Triton container lacks: use a -pyt-python-py3 container, or "
+            "build the repository with --target cpu"
+        ) from exc
+    return torch
+
+
+def _to_array(tensor, torch):
     if tensor.is_cpu():
         return tensor.as_numpy()
-    import torch
-
     return torch.from_dlpack(tensor.to_dlpack())
 
 
-def _to_tensor(name: str, value, dtype):
+def _to_tensor(name: str, value, dtype, torch):
     if isinstance(value, np.ndarray):
         return pb_utils.Tensor(name, value.astype(dtype, copy=False))
-    import torch.utils.dlpack
-
     return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value.contiguous()))
 
 
@@ -55,6 +67,16 @@ class TritonPythonModel:
             )
             for name in self.roles.values()
         }
+        self.torch = None
+        if params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes") == "no":
+            self.torch = _import_torch()
+            gpu = args["model_instance_kind"] == "GPU"
+            device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+            shapes = [
+                [int(d) for d in pb_utils.get_input_config_by_name(config, n)["dims"]]
+                for n in self.teacher
+            ]
+            scoring.warm_up(self.spec, shapes, device)  # matrices on the device before capture
         if threadpool_limits is not None:
             self._blas = threadpool_limits(int(params.get("blas_threads", "1")), user_api="blas")
         else:
@@ -66,10 +88,12 @@ class TritonPythonModel:
     def execute(self, requests):
         names = self.teacher + self.student
         try:
-            per_request = [
-                [_to_array(pb_utils.get_input_tensor_by_name(r, n)) for n in names]
-                for r in requests
-            ]
+            per_request = batching.on_one_device(
+                [
+                    [_to_array(pb_utils.get_input_tensor_by_name(r, n), self.torch) for n in names]
+                    for r in requests
+                ]
+            )
             batch = batching.join(per_request)
             k = len(self.teacher)
             scored = scoring.score(self.spec, batch[:k], batch[k:])
@@ -93,7 +117,7 @@ class TritonPythonModel:
         if threshold is not None:
             part["decision"] = scoring.decide(part["score"], threshold)
         tensors = [
-            _to_tensor(self.roles[role], value, self.dtypes[self.roles[role]])
+            _to_tensor(self.roles[role], value, self.dtypes[self.roles[role]], self.torch)
             for role, value in part.items()
         ]
         return pb_utils.InferenceResponse(output_tensors=tensors)
