@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import source_tree
 import torch
 
-from dcam.core.files import write_json_atomic
-from dcam.core.versions import package_versions
+source_tree.ensure_dcam_importable()  # the GPU machine gets the tree, not an install
+
+from dcam.core.files import write_json_atomic  # noqa: E402
+from dcam.core.versions import package_versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,12 +41,21 @@ def versions() -> dict:
 
 
 def git_commit() -> str:
-    result = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "-uno"], capture_output=True, text=True
-    ).stdout.strip()
+    """The checkout's commit (+dirty), or 'unknown' where there is no git or no repository
+    (the GPU machine's copy of the tree may have neither)."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "-uno"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown (no git)"
+    if result.returncode != 0:
+        return "unknown (not a git checkout)"
     return result.stdout.strip() + ("+dirty" if dirty else "")
 
 

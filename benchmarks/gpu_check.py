@@ -7,13 +7,18 @@ AUROC on generated data; the cost of the post-processing maths on the GPU throug
 path the Triton post-processing model takes). Prints a short table last and writes everything
 to --out. `--device cpu --smoke` runs the same code small on a CPU (the tests call it).
 
-Run on the GPU machine: `python benchmarks/gpu_check.py --out $OUT/gpu_check.json`
+Survives the machine it is sent to: it needs neither an installed dcam (it links the source tree,
+see source_tree.py) nor git; each variant runs on its own copy of the model and a failing one is
+recorded with its error while the rest go on; the JSON is rewritten after every measurement, so
+a run cut short still leaves everything measured so far.
+
+Run on the GPU machine: `python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json`
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import sys
 import time
 from pathlib import Path
@@ -26,7 +31,9 @@ import common
 
 from dcam.build.export import FeatureNet
 from dcam.core import anomaly_map as amap
+from dcam.core import scoring
 from dcam.core.metrics import auroc
+from dcam.core.scoring import Calibration, ScoringSpec
 from dcam.datasets.synthetic import CATEGORIES, render_defect, render_good
 
 
@@ -40,14 +47,15 @@ class Pipeline(torch.nn.Module):
             FeatureNet("resnet18", mean, std),
             FeatureNet("resnet18", mean, std),
         )
-        self.size = (size, size)
+        # The shipped defaults (sum of levels, sigma 4); maps need no calibration.
+        self.spec = ScoringSpec((size, size), "sum", 4.0, Calibration(0.0, 1.0, 0.0))
 
     def features(self, images: torch.Tensor) -> tuple[list, list]:
         return list(self.teacher(images)), list(self.student(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         t, s = self.features(images)
-        return amap.anomaly_map(t, s, self.size, "sum", 4.0)
+        return scoring.anomaly_maps(self.spec, t, s)
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -66,8 +74,8 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 
 def variant_fn(model: Pipeline, images: torch.Tensor, variant: str, device: torch.device):
     fp16 = "fp16" in variant
-    if "cl" in variant:
-        model = model.to(memory_format=torch.channels_last)
+    if "cl" in variant:  # on a copy: .to(memory_format) changes a module in place
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
     def run() -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
@@ -87,25 +95,28 @@ def variant_fn(model: Pipeline, images: torch.Tensor, variant: str, device: torc
     return graph.replay
 
 
-def throughput_table(model, device, size, batches, variants, repeats) -> list[dict]:
+def measure_variant(model, images, variant: str, device, repeats: int) -> dict:
+    """One row; any failure (out of memory, a CUDA-graph capture error) becomes its error."""
+    row = {"batch": len(images), "variant": variant}
+    try:
+        seconds = timed(variant_fn(model, images, variant, device), device, repeats)
+    except Exception as exc:  # one variant must not end the run
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"batch {len(images):4d} {variant:16s} FAILED {type(exc).__name__}", flush=True)
+        return {**row, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    print(f"batch {len(images):4d} {variant:16s} {len(images) / seconds:9.1f} img/s", flush=True)
+    return {**row, "latency_ms": seconds * 1000, "images_per_s": len(images) / seconds}
+
+
+def throughput_table(model, device, size, batches, variants, repeats, save) -> list[dict]:
+    """Every batch x variant; `save()` after each row so a cut-short run keeps what it measured."""
     rows = []
     for batch in batches:
         images = torch.from_numpy(common.production_images(batch, size)).to(device)
         for variant in variants:
-            try:
-                seconds = timed(variant_fn(model, images, variant, device), device, repeats)
-            except torch.cuda.OutOfMemoryError:
-                rows.append({"batch": batch, "variant": variant, "error": "out of memory"})
-                continue
-            rows.append(
-                {
-                    "batch": batch,
-                    "variant": variant,
-                    "latency_ms": seconds * 1000,
-                    "images_per_s": batch / seconds,
-                }
-            )
-            print(f"batch {batch:4d} {variant:16s} {batch / seconds:9.1f} img/s", flush=True)
+            rows.append(measure_variant(model, images, variant, device, repeats))
+            save(rows)
     return rows
 
 
@@ -144,7 +155,7 @@ def postprocess_cost(model, device, size, batch: int, repeats: int) -> dict:
     feats = [torch.from_dlpack(c) for c in capsules]
 
     def maths():
-        return amap.anomaly_map(feats[:3], feats[3:], (size, size), "sum", 4.0)
+        return scoring.anomaly_maps(model.spec, feats[:3], feats[3:])
 
     def full():
         with torch.no_grad():
@@ -175,33 +186,54 @@ def main() -> None:
     repeats = 2 if args.smoke else 20
     torch.manual_seed(0)
     model = Pipeline(size).to(device).eval()
-    result = {
-        **common.stamp(),
-        "device": str(device),
-        "size": size,
-        "throughput": throughput_table(model, device, size, batches, variants, repeats),
-        "fp16_vs_fp32": fp16_accuracy(model, device, size, 1 if args.smoke else 16),
-        "postprocess_dlpack": postprocess_cost(model, device, size, batches[-1], repeats),
+    out = Path(args.out)
+    result: dict = {**common.stamp(), "device": str(device), "size": size, "throughput": []}
+
+    def save(rows: list | None = None) -> None:
+        if rows is not None:
+            result["throughput"] = rows
+        common.write_json(out, result)
+
+    save()
+    throughput_table(model, device, size, batches, variants, repeats, save)
+    sections = {
+        "fp16_vs_fp32": lambda: fp16_accuracy(model, device, size, 1 if args.smoke else 16),
+        "postprocess_dlpack": lambda: postprocess_cost(model, device, size, batches[-1], repeats),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for name, measure in sections.items():
+        try:
+            result[name] = measure()
+        except Exception as exc:  # recorded; the other sections still run
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        save()
+    print_summary(result)
+
+
+def print_summary(result: dict) -> None:
     print(f"\n{'batch':>5} {'variant':16s} {'img/s':>9} {'ms':>8}")
     for row in result["throughput"]:
         if "error" in row:
-            print(f"{row['batch']:5d} {row['variant']:16s} {row['error']}")
+            print(f"{row['batch']:5d} {row['variant']:16s} {row['error'][:60]}")
         else:
             print(
                 f"{row['batch']:5d} {row['variant']:16s} {row['images_per_s']:9.1f} "
                 f"{row['latency_ms']:8.2f}"
             )
     acc, post = result["fp16_vs_fp32"], result["postprocess_dlpack"]
-    print(
-        f"FP16 vs FP32: map max rel err {acc['map_max_rel']:.2e}, image AUROC "
-        f"{acc['auroc_fp32']:.4f} -> {acc['auroc_fp16']:.4f}"
-    )
-    print(
-        f"post-processing through DLPack: {post['postprocess_ms']:.2f} ms of "
-        f"{post['pipeline_ms']:.2f} ms ({100 * post['share']:.1f}%) at batch {post['batch']}"
-    )
+    if "error" in acc:
+        print(f"FP16 vs FP32: {acc['error']}")
+    else:
+        print(
+            f"FP16 vs FP32: map max rel err {acc['map_max_rel']:.2e}, image AUROC "
+            f"{acc['auroc_fp32']:.4f} -> {acc['auroc_fp16']:.4f}"
+        )
+    if "error" in post:
+        print(f"post-processing through DLPack: {post['error']}")
+    else:
+        print(
+            f"post-processing through DLPack: {post['postprocess_ms']:.2f} ms of "
+            f"{post['pipeline_ms']:.2f} ms ({100 * post['share']:.1f}%) at batch {post['batch']}"
+        )
 
 
 if __name__ == "__main__":
