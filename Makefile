@@ -37,7 +37,7 @@ demo: setup
 	$(BIN)/dcam-serve $(DEMO_REPO) --http-port $(DEMO_HTTP) --grpc-port $(DEMO_GRPC) \
 	  --metrics-port $(DEMO_METRICS) & pid=$$!; \
 	$(BIN)/dcam-client score --dir $(DEMO_DATA) --recursive --glob '*/test/*/*' \
-	  --url 127.0.0.1:$(DEMO_GRPC) --output $(DEMO_RUN)/scores.jsonl \
+	  --url 127.0.0.1:$(DEMO_GRPC) --output $(DEMO_RUN)/scores.jsonl --category-from-path \
 	  --heatmaps $(DEMO_RUN)/heatmaps --force; status=$$?; \
 	kill -TERM $$pid; wait $$pid; \
 	[ $$status -eq 0 ] && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores.jsonl

@@ -31,6 +31,14 @@ CONFIGS = {
     "dcam-side": {"dcam": "channel", "dcam_mode": "side", "losses": ("cosine", "kl")},
     "dcam-mask": {"dcam": "channel", "dcam_mode": "mask", "losses": ("cosine", "kl")},
     "dcam-inline": {"dcam": "channel", "dcam_mode": "inline", "losses": ("cosine", "kl")},
+    # AdaBN: the teacher's BatchNorm statistics re-estimated on the training good images.
+    "stfpm+adabn": {"dcam": "none", "losses": ("l2",), "adapt_teacher_bn": True},
+    "dcam-mask+adabn": {
+        "dcam": "channel",
+        "dcam_mode": "mask",
+        "losses": ("cosine", "kl"),
+        "adapt_teacher_bn": True,
+    },
 }
 METRICS = ("image_auroc", "pixel_auroc", "pro")
 

@@ -27,12 +27,12 @@ from dcam.core.files import write_json_atomic
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
     ANOMALY_MAP,
-    DECIDE_MODEL,
+    CALIBRATE_MODEL,
     ENSEMBLE_MODEL,
     FUSED_MODEL,
     POSTPROCESS_MODEL,
+    RAW_SCORE,
     ROLES,
-    SCORE,
 )
 from dcam.core.versions import package_versions
 from dcam.training.manifest import versions
@@ -158,15 +158,21 @@ def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
         load_feature_net(run_dir, manifest, "student"),
         manifest.scoring,
     ).eval()
-    outputs = [ANOMALY_MAP, SCORE]
+    outputs = [ANOMALY_MAP, RAW_SCORE]
     onnx_path = _export_checked(net, FUSED_MODEL, outputs, work, manifest, cfg, report)
     io = report["models"][FUSED_MODEL]["io"]
     config = repo_mod.model_config(FUSED_MODEL, io, cfg, target, _serving_params(cfg, target, 1))
     version = repo_mod.write_model(tmp, config, _runner(target))
     _place_engine(onnx_path, version, target, cfg, report, FUSED_MODEL)
-    params = {"scoring": manifest.scoring.to_json()}
-    decide = repo_mod.model_config(DECIDE_MODEL, repo_mod.decide_io(), cfg, "cpu", params, True)
-    repo_mod.write_model(tmp, decide, "decide.py")
+    calibrate = repo_mod.model_config(
+        CALIBRATE_MODEL,
+        repo_mod.calibrate_io(),
+        cfg,
+        "cpu",  # a few numbers per image: the CPU, whatever the target
+        repo_mod.calibrate_params(manifest),
+        python=True,
+    )
+    repo_mod.write_model(tmp, calibrate, "calibrate.py")
     ensemble = repo_mod.fused_ensemble_config(ENSEMBLE_MODEL, io, cfg.max_batch_size)
     repo_mod.write_model(tmp, ensemble)
 

@@ -34,11 +34,11 @@ class FeatureNet(nn.Module):
 
 
 class FusedNet(nn.Module):
-    """Teacher, student and the scoring rule up to the normalised score, in one graph.
+    """Teacher, student and the anomaly map in one graph.
 
-    Outputs: the anomaly map and the normalised score (global calibration baked in as
-    constants). The decision is the `decide` step's, which reads the request's threshold: a
-    TensorRT plan cannot, and the graph then carries no BOOL tensor at all.
+    Outputs: the anomaly map and the raw image score. Calibration and decision are the
+    `calibrate` step's, which reads the request's product and threshold (a TensorRT plan cannot
+    read request parameters); the graph then carries no BOOL tensor at all.
     """
 
     def __init__(self, teacher: FeatureNet, student: FeatureNet, spec: ScoringSpec) -> None:
@@ -47,7 +47,7 @@ class FusedNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         scored = scoring.score(self.spec, self.teacher(images), self.student(images))
-        return scored.maps, scored.normalised[:, None]
+        return scored.maps, scored.raw[:, None]
 
 
 def _load_weights(path: Path) -> dict:

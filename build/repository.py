@@ -23,10 +23,11 @@ from dcam.core import anomaly_map, batching, scoring
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
     ANOMALY_MAP,
-    DECIDE_MODEL,
+    CALIBRATE_MODEL,
     FUSED_MODEL,
     IS_ANOMALOUS,
     POSTPROCESS_MODEL,
+    RAW_SCORE,
     ROLES,
     SCORE,
     feature_name,
@@ -122,26 +123,38 @@ def postprocess_params(manifest: Manifest, teacher_io: dict, target: str) -> dic
     }
 
 
-def decide_io() -> dict:
-    """The fused layout's decision step: the normalised score in, the decision out."""
+def calibrate_io() -> dict:
+    """The fused layout's calibration step: the raw score in, score and decision out."""
     return {
-        "inputs": [{"name": SCORE, "dtype": "float32", "dims": [1]}],
-        "outputs": [{"name": IS_ANOMALOUS, "dtype": "bool", "dims": [1]}],
+        "inputs": [{"name": RAW_SCORE, "dtype": "float32", "dims": [1]}],
+        "outputs": [
+            {"name": SCORE, "dtype": "float32", "dims": [1]},
+            {"name": IS_ANOMALOUS, "dtype": "bool", "dims": [1]},
+        ],
+    }
+
+
+def calibrate_params(manifest: Manifest) -> dict[str, str]:
+    return {
+        "scoring": manifest.scoring.to_json(),
+        "score_output": SCORE,
+        "decision_output": IS_ANOMALOUS,
     }
 
 
 def fused_ensemble_config(name: str, fused_io: dict, max_batch_size: int) -> mc.ModelConfig:
-    """`IMAGE -> fused (map, score) -> decide (decision)` as a Triton ensemble."""
-    image = fused_io["inputs"][0]
+    """`IMAGE -> fused (map, raw score) -> calibrate (score, decision)` as a Triton ensemble."""
+    image, (anomaly_map, raw) = fused_io["inputs"][0], fused_io["outputs"]
+    calibrated = calibrate_io()["outputs"]
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
     config.input.extend(_tensors(mc.ModelInput, [image]))
-    config.output.extend(_tensors(mc.ModelOutput, fused_io["outputs"] + decide_io()["outputs"]))
+    config.output.extend(_tensors(mc.ModelOutput, [anomaly_map, *calibrated]))
     fused = config.ensemble_scheduling.step.add(model_name=FUSED_MODEL, model_version=-1)
     fused.input_map[image["name"]] = image["name"]
     fused.output_map.update({t["name"]: t["name"] for t in fused_io["outputs"]})
-    decide = config.ensemble_scheduling.step.add(model_name=DECIDE_MODEL, model_version=-1)
-    decide.input_map[SCORE] = SCORE
-    decide.output_map[IS_ANOMALOUS] = IS_ANOMALOUS
+    step = config.ensemble_scheduling.step.add(model_name=CALIBRATE_MODEL, model_version=-1)
+    step.input_map[raw["name"]] = raw["name"]
+    step.output_map.update({t["name"]: t["name"] for t in calibrated})
     return config
 
 

@@ -21,19 +21,22 @@ from dcam.core import scoring
 from dcam.core.errors import BuildError
 from dcam.core.manifest import Manifest
 from dcam.core.names import ENSEMBLE_MODEL, IMAGE, OUTPUTS
-from dcam.core.scoring import THRESHOLD_PARAMETER
+from dcam.core.scoring import CATEGORY_PARAMETER, THRESHOLD_PARAMETER
 from dcam.serve.server import ServerConfig, TritonServer
 
 
-def reference_outputs(run_dir: Path, manifest: Manifest, images: np.ndarray) -> list[np.ndarray]:
-    """What the served `dcam` model must return, computed in this process, in `OUTPUTS` order."""
+def reference_outputs(
+    run_dir: Path, manifest: Manifest, images: np.ndarray, category: str | None = None
+) -> list[np.ndarray]:
+    """What the served `dcam` model must return, computed in this process, in `OUTPUTS` order
+    (with `category`'s calibration when a request names that product)."""
     teacher = load_feature_net(run_dir, manifest, "teacher")
     student = load_feature_net(run_dir, manifest, "student")
     x = torch.from_numpy(images)
     with torch.no_grad():
         t_feats = [f.numpy() for f in teacher(x)]
         s_feats = [f.numpy() for f in student(x)]
-    scored = scoring.score(manifest.scoring, t_feats, s_feats)
+    scored = scoring.score(manifest.scoring, t_feats, s_feats, category=category)
     return [scored.maps, scored.normalised[:, None], scored.decisions[:, None]]
 
 
@@ -43,6 +46,7 @@ def infer(
     images: np.ndarray,
     model: str = ENSEMBLE_MODEL,
     threshold: float | None = None,
+    category: str | None = None,
 ) -> list[np.ndarray]:
     """One synchronous request with tritonclient; the outputs in `OUTPUTS` order."""
     if protocol == "http":
@@ -52,8 +56,9 @@ def infer(
     conn = client.InferenceServerClient(url)
     image = client.InferInput(IMAGE, list(images.shape), "UINT8")
     image.set_data_from_numpy(images)
-    params = None if threshold is None else {THRESHOLD_PARAMETER: threshold}
-    result = conn.infer(model, [image], parameters=params)
+    params = {THRESHOLD_PARAMETER: threshold, CATEGORY_PARAMETER: category}
+    params = {k: v for k, v in params.items() if v is not None}
+    result = conn.infer(model, [image], parameters=params or None)
     return [result.as_numpy(name) for name in OUTPUTS]
 
 

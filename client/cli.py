@@ -7,6 +7,7 @@ layer turns library errors into messages and exit codes (through `reports_errors
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import time
@@ -16,11 +17,13 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from dcam.client import files
 from dcam.client.files import HotFolder, list_files
 from dcam.client.heatmap import heatmap_path, render_heatmap
 from dcam.client.results import Result, ResultWriter, open_results, read_results
-from dcam.client.score import ScoreConfig, Scorer
+from dcam.client.score import CategoryOf, ScoreConfig, Scorer
 from dcam.core.cli import default, reports_errors
+from dcam.core.errors import ConfigError
 from dcam.core.images import load_image
 from dcam.core.metrics import auroc
 
@@ -71,6 +74,7 @@ async def _run(
     heatmaps: Path | None,
     root: Path,
     hot: HotFolder | None,
+    category_of: CategoryOf | None,
 ) -> None:
     scorer = Scorer(cfg)
     stop = asyncio.Event()
@@ -83,7 +87,7 @@ async def _run(
         bar = tqdm(total=len(paths), unit="img", dynamic_ncols=True)
         batches = [paths]
         while batches and not stop.is_set():
-            async for result in scorer.stream(batches.pop()):
+            async for result in scorer.stream(batches.pop(), category_of):
                 writer.write(result)
                 tally.add(result)
                 if heatmaps is not None and result.ok:
@@ -152,6 +156,16 @@ def _d(name: str):
     default=_d("threshold"),
     help="Override the deployed decision threshold (normalised score).",
 )
+@click.option(
+    "--category",
+    default=_d("category"),
+    help="The product every image is: its calibration (normalisation, threshold) applies.",
+)
+@click.option(
+    "--category-from-path",
+    is_flag=True,
+    help="Each image's product from its folder: <category>/test/... (MVTec) or <category>/...",
+)
 @click.option("--model", default=_d("model"))
 @click.option("--timeout", type=float, default=_d("timeout_s"), help="Per-request timeout, s.")
 @click.option(
@@ -182,6 +196,8 @@ def score_command(
     concurrency: int,
     workers: int,
     threshold: float | None,
+    category: str | None,
+    category_from_path: bool,
     model: str,
     timeout: float,
     retries: int,
@@ -201,6 +217,12 @@ def score_command(
         ready_timeout_s=ready_timeout,
         threshold=threshold,
         keep_maps=heatmaps is not None,
+        category=category,
+    )
+    if category and category_from_path:
+        raise ConfigError("give --category or --category-from-path, not both")
+    category_of = (
+        functools.partial(files.category_from_path, root=Path(root)) if category_from_path else None
     )
     writer, done = open_results(out, resume, force)
     paths = [p for p in list_files(Path(root), recursive, pattern) if os.fsdecode(p) not in done]
@@ -212,7 +234,16 @@ def score_command(
     tally = Tally()
     with writer:
         asyncio.run(
-            _run(paths, cfg, writer, tally, Path(heatmaps) if heatmaps else None, Path(root), hot)
+            _run(
+                paths,
+                cfg,
+                writer,
+                tally,
+                Path(heatmaps) if heatmaps else None,
+                Path(root),
+                hot,
+                category_of,
+            )
         )
     click.echo(tally.summary() + (f" (skipped {len(done)} already in {out})" if done else ""))
     if tally.failures:
@@ -225,12 +256,15 @@ def score_command(
 @click.argument("results", type=click.Path(dir_okay=False, exists=True))
 @reports_errors
 def auroc_command(results: str) -> None:
-    """Image AUROC of a results file whose paths sit in good/ or <defect>/ folders."""
+    """Image AUROC and the served decisions' TPR/FPR of a results file whose paths sit in
+    good/ or <defect>/ folders."""
     rows = [r for r in read_results(Path(results)) if r.get("score") not in (None, "")]
     labels = np.array([Path(r["path"]).parent.name != "good" for r in rows])
     scores = np.array([float(r["score"]) for r in rows])
+    flagged = np.array([str(r["is_anomalous"]).lower() == "true" for r in rows])
     value = auroc(labels, scores)
+    tpr, fpr = 100 * flagged[labels].mean(), 100 * flagged[~labels].mean()
     click.echo(
         f"image AUROC {100 * value:.2f} over {len(rows)} scored images "
-        f"({int(labels.sum())} anomalous)"
+        f"({int(labels.sum())} anomalous); served decisions: TPR {tpr:.1f}%, FPR {fpr:.1f}%"
     )

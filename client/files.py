@@ -9,6 +9,7 @@ import fnmatch
 import os
 from pathlib import Path
 
+from dcam.core.errors import ClientError
 from dcam.core.images import IMAGE_SUFFIXES
 
 
@@ -63,3 +64,25 @@ class HotFolder:
             else:
                 self._sizes[key] = size
         return ready
+
+
+SPLIT_FOLDERS = ("train", "test")  # MVTec AD: <category>/{train,test}/<good|defect>/<file>
+
+
+def category_from_path(path: Path, root: Path) -> str:
+    """The product an image belongs to, from where it lies under `root`.
+
+    The folder before `train`/`test` (MVTec AD `<category>/test/<defect>/<file>`; `root` itself
+    when it is the category folder), else the first folder below `root`. Raises ClientError
+    for an image directly in `root`, whose product the path does not tell.
+    """
+    parts = Path(os.fsdecode(path)).relative_to(root).parts[:-1]
+    for i, part in enumerate(parts):
+        if part in SPLIT_FOLDERS:
+            return parts[i - 1] if i > 0 else Path(root).resolve().name
+    if parts:
+        return parts[0]
+    raise ClientError(
+        f"{path}: cannot tell its product from the path (it lies directly in {root}); "
+        "use --category NAME or a <category>/... folder layout"
+    )

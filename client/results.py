@@ -18,12 +18,13 @@ import numpy as np
 
 from dcam.core.errors import ConfigError, OutputExistsError
 
-FIELDS = ("path", "score", "is_anomalous", "error", "latency_ms")
+FIELDS = ("path", "category", "score", "is_anomalous", "error", "latency_ms")
 
 
 @dataclass
 class Result:
     path: str
+    category: str | None = None  # the product whose calibration scored it; None: global
     score: float | None = None
     is_anomalous: bool | None = None
     error: str | None = None

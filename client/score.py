@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dcam.client.results import Result
-from dcam.client.triton import ServerPool
+from dcam.client.triton import ServerPool, request_parameters
 from dcam.core.errors import ClientError, ConfigError, ImageError
 from dcam.core.images import load_image
 from dcam.core.names import ANOMALY_MAP, DECISION_OUTPUTS, IS_ANOMALOUS, OUTPUTS, SCORE
@@ -38,6 +38,7 @@ class ScoreConfig:
     ready_timeout_s: float = 60.0
     threshold: float | None = None  # overrides the deployed threshold
     keep_maps: bool = False  # return anomaly maps (for heatmaps)
+    category: str | None = None  # the product every image is; None: the global calibration
 
 
 def _decode(path: Path, size: int) -> np.ndarray | str:
@@ -50,15 +51,23 @@ def _decode(path: Path, size: int) -> np.ndarray | str:
         return f"{path}: {type(exc).__name__}: {exc}"
 
 
-def _batches(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
+CategoryOf = Callable[[Path], "str | None"]
+
+
+def _batches(
+    items: Iterable[tuple[Path, str | None]], size: int
+) -> Iterator[tuple[str | None, list[Path]]]:
+    """Batches of at most `size` paths of one product each: a request names one category."""
     batch: list[Path] = []
-    for path in paths:
-        batch.append(path)
-        if len(batch) == size:
-            yield batch
+    current: str | None = None
+    for path, category in items:
+        if batch and (len(batch) == size or category != current):
+            yield current, batch
             batch = []
+        current = category
+        batch.append(path)
     if batch:
-        yield batch
+        yield current, batch
 
 
 class Scorer:
@@ -84,13 +93,13 @@ class Scorer:
         await self.pool.close()
         self.decoders.shutdown(wait=True)
 
-    async def _score_batch(self, paths: list[Path]) -> list[Result]:
+    async def _score_batch(self, category: str | None, paths: list[Path]) -> list[Result]:
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(self.decoders, _decode, p, self.size[0]) for p in paths)
         )
         results = {
-            i: Result(os.fsdecode(p), error=d)
+            i: Result(os.fsdecode(p), category=category, error=d)
             for i, (p, d) in enumerate(zip(paths, decoded, strict=True))
             if isinstance(d, str)
         }
@@ -100,17 +109,20 @@ class Scorer:
             try:
                 out = await self.pool.infer(
                     np.stack([decoded[i] for i in good]),
-                    self.config.threshold,
+                    request_parameters(self.config.threshold, category),
                     OUTPUTS if self.config.keep_maps else DECISION_OUTPUTS,
                 )
             except ClientError as exc:
                 out = None
                 for i in good:
-                    results[i] = Result(os.fsdecode(paths[i]), error=f"inference failed: {exc}")
+                    results[i] = Result(
+                        os.fsdecode(paths[i]), category=category, error=f"inference failed: {exc}"
+                    )
             latency = (time.perf_counter() - start) * 1000
             for k, i in enumerate(good if out is not None else []):
                 results[i] = Result(
                     os.fsdecode(paths[i]),
+                    category=category,
                     score=float(out[SCORE][k, 0]),
                     is_anomalous=bool(out[IS_ANOMALOUS][k, 0]),
                     latency_ms=latency,
@@ -118,18 +130,45 @@ class Scorer:
                 )
         return [results[i] for i in range(len(paths))]
 
-    async def stream(self, paths: Iterable[Path]) -> AsyncIterator[Result]:
-        """Results in completion order; at most `concurrency` batches in flight."""
+    def _categorised(
+        self, paths: Iterable[Path], category_of: CategoryOf | None, failed: list[Result]
+    ) -> Iterator[tuple[Path, str | None]]:
+        """(path, product): `category_of(path)` per image, else the configured category; a path
+        whose product cannot be told becomes a failed result instead of a global score."""
+        for path in paths:
+            if category_of is None:
+                yield path, self.config.category
+                continue
+            try:
+                yield path, category_of(path)
+            except ClientError as exc:
+                failed.append(Result(os.fsdecode(path), error=str(exc)))
+
+    async def stream(
+        self, paths: Iterable[Path], category_of: CategoryOf | None = None
+    ) -> AsyncIterator[Result]:
+        """Results in completion order; at most `concurrency` batches in flight.
+
+        Args:
+            category_of: the product of each image (its calibration is applied); by default
+                the configured `category` for all, or the global calibration without one.
+        """
         if self.size is None:
             await self.start()
         pending: set[asyncio.Task] = set()
-        for batch in _batches(paths, self.config.batch_size):
+        failed: list[Result] = []
+        items = self._categorised(paths, category_of, failed)
+        for category, batch in _batches(items, self.config.batch_size):
+            while failed:
+                yield failed.pop()
             if len(pending) >= self.config.concurrency:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     for result in task.result():
                         yield result
-            pending.add(asyncio.create_task(self._score_batch(batch)))
+            pending.add(asyncio.create_task(self._score_batch(category, batch)))
+        while failed:
+            yield failed.pop()
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:

@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from dcam.core.errors import ClientError, RetryableError
 from dcam.core.names import IMAGE, OUTPUTS
-from dcam.core.scoring import THRESHOLD_PARAMETER
+from dcam.core.scoring import CATEGORY_PARAMETER, THRESHOLD_PARAMETER
 
 # What tritonclient reports as InferenceServerException.status() for a server that is down,
 # restarting, overloaded (a full queue) or too slow: worth another try. Anything else (a bad
@@ -45,6 +45,16 @@ RETRYABLE_STATUS = {
         )
     ),
 }
+
+
+def request_parameters(threshold: float | None, category: str | None) -> dict:
+    """The request parameters the served model reads: a threshold override, a product name."""
+    params: dict = {}
+    if threshold is not None:
+        params[THRESHOLD_PARAMETER] = float(threshold)
+    if category is not None:
+        params[CATEGORY_PARAMETER] = category
+    return params
 
 
 def _client_module(protocol: str):
@@ -115,14 +125,14 @@ class Server:
         self,
         model: str,
         images: np.ndarray,
-        threshold: float | None,
+        parameters: dict,
         timeout_s: float,
         names: tuple[str, ...] = OUTPUTS,
     ) -> dict[str, np.ndarray]:
         image = self.module.InferInput(IMAGE, list(images.shape), "UINT8")
         image.set_data_from_numpy(images)
         outputs = [self.module.InferRequestedOutput(name) for name in names]
-        params = None if threshold is None else {THRESHOLD_PARAMETER: float(threshold)}
+        params = parameters or None
         result = await asyncio.wait_for(
             self.client.infer(model, [image], outputs=outputs, parameters=params), timeout_s
         )
@@ -208,7 +218,7 @@ class ServerPool:
         return server
 
     async def infer(
-        self, images: np.ndarray, threshold: float | None = None, names: tuple[str, ...] = OUTPUTS
+        self, images: np.ndarray, parameters: dict | None = None, names: tuple[str, ...] = OUTPUTS
     ) -> dict:
         """Send one batch, retrying on another (or the same, later) server when one fails.
 
@@ -219,7 +229,9 @@ class ServerPool:
         for _ in range(self.retries + 1):
             server = await self._next_up()
             try:
-                outputs = await server.infer(self.model, images, threshold, self.timeout_s, names)
+                outputs = await server.infer(
+                    self.model, images, parameters or {}, self.timeout_s, names
+                )
             except Exception as exc:
                 if not is_retryable(exc):
                     raise ClientError(f"{server.url}: {exc}") from exc

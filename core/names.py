@@ -9,13 +9,14 @@ from __future__ import annotations
 IMAGE = "IMAGE"  # UINT8 NHWC RGB images at the model's size
 LEVELS = ("layer1", "layer2", "layer3")  # the feature levels teacher and student are matched on
 ANOMALY_MAP, SCORE, IS_ANOMALOUS = "anomaly_map", "score", "is_anomalous"
+RAW_SCORE = "raw_score"  # max of the map, before calibration (fused graph -> calibrate step)
 OUTPUTS = (ANOMALY_MAP, SCORE, IS_ANOMALOUS)
 DECISION_OUTPUTS = (SCORE, IS_ANOMALOUS)  # without the map: 256 KiB less per image at 256 px
 ENSEMBLE_MODEL = "dcam"  # the model a client calls, in both layouts
 ROLES = ("teacher", "student")
 POSTPROCESS_MODEL = "postprocess"  # ensemble layout: teacher || student -> postprocess
-FUSED_MODEL = "fused"  # fused layout: one graph (map and score) -> decide (the threshold)
-DECIDE_MODEL = "decide"
+FUSED_MODEL = "fused"  # fused layout: one graph (map, raw score) -> calibrate (score, decision)
+CALIBRATE_MODEL = "calibrate"
 
 
 def feature_name(role: str, level: str) -> str:

@@ -28,6 +28,7 @@ else:  # a copy beside a Triton model: always its sibling, even where dcam is in
 
 _EPS = 1e-8
 THRESHOLD_PARAMETER = "threshold"  # request parameter overriding the calibrated threshold
+CATEGORY_PARAMETER = "category"  # request parameter naming the product whose calibration applies
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,18 @@ class Calibration:
 def decide(normalised: Any, threshold: float) -> Any:
     """True where a normalised score exceeds the decision threshold."""
     return normalised > threshold
+
+
+def request_category(parameters: Mapping[str, Any]) -> str | None:
+    """The product a request names (its `category` parameter), None if it names none."""
+    value = parameters.get(CATEGORY_PARAMETER)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"request parameter {CATEGORY_PARAMETER!r} must be a product name, got {value!r}"
+        )
+    return value
 
 
 def request_threshold(parameters: Mapping[str, Any]) -> float | None:
@@ -158,6 +171,16 @@ def score_maps(
     """Image scores, z-scores and decisions of anomaly maps already computed."""
     raw = amap.image_scores(maps)
     return Scored(maps, raw, *judge(spec.calibration_for(category), raw, threshold))
+
+
+def judge_request(spec: ScoringSpec, raw: Any, parameters: Mapping[str, Any]) -> tuple[Any, Any]:
+    """A request's (normalised scores, decisions) from its raw scores: the calibration of the
+    product its `category` parameter names (global without one), its `threshold` if given.
+
+    Raises ConfigError (a ValueError) for an unknown product or a malformed parameter.
+    """
+    calibration = spec.calibration_for(request_category(parameters))
+    return judge(calibration, raw, request_threshold(parameters))
 
 
 def judge(calibration: Calibration, raw: Any, threshold: float | None = None) -> tuple[Any, Any]:

@@ -88,20 +88,22 @@ def test_ensemble_steps_consume_only_what_exists(
 
 
 def test_fused_repository(fused_repo: Path) -> None:
-    """One graph for map and score, then a Python step that decides with the request's
-    threshold (a TensorRT plan cannot read request parameters), on both targets alike."""
+    """One graph for map and raw score, then a Python step that calibrates and decides with the
+    request's product and threshold (a TensorRT plan cannot read request parameters), on both
+    targets alike."""
     assert sorted(p.name for p in fused_repo.iterdir() if p.is_dir()) == [
+        "calibrate",
         "dcam",
-        "decide",
         "fused",
     ]
     config = parse_config(fused_repo / "dcam" / "config.pbtxt")
     assert [o.name for o in config.output] == ["anomaly_map", "score", "is_anomalous"]
     fused = parse_config(fused_repo / "fused" / "config.pbtxt")
-    assert [o.name for o in fused.output] == ["anomaly_map", "score"]
-    decide = parse_config(fused_repo / "decide" / "config.pbtxt")
-    assert decide.backend == "python" and decide.output[0].data_type == model_config_pb2.TYPE_BOOL
-    assert decide.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert [o.name for o in fused.output] == ["anomaly_map", "raw_score"]
+    step = parse_config(fused_repo / "calibrate" / "config.pbtxt")
+    assert [o.name for o in step.output] == ["score", "is_anomalous"]
+    assert step.backend == "python" and step.output[1].data_type == model_config_pb2.TYPE_BOOL
+    assert step.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     report = json.loads((fused_repo / "build_report.json").read_text())
     assert worst_errors(report)["fused"] < 1e-4
 

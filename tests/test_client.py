@@ -311,3 +311,64 @@ def test_dead_server_among_several_is_taken_out(server, synthetic_root: Path) ->
     results = asyncio.run(score_paths(paths, cfg))
     assert sorted(r.path for r in results) == sorted(str(p) for p in paths)
     assert all(r.ok for r in results)
+
+
+def test_category_from_path_reads_the_folder_layout(tmp_path: Path) -> None:
+    from dcam.client.files import category_from_path
+    from dcam.core.errors import ClientError
+
+    root = tmp_path / "line"
+    assert category_from_path(root / "bottle" / "test" / "crack" / "0.png", root) == "bottle"
+    assert category_from_path(root / "bottle" / "train" / "good" / "0.png", root) == "bottle"
+    assert category_from_path(root / "cam1" / "bottle" / "0.png", root) == "cam1"
+    category_root = tmp_path / "nut"
+    assert category_from_path(category_root / "test" / "good" / "0.png", category_root) == "nut"
+    with pytest.raises(ClientError, match="--category NAME"):
+        category_from_path(root / "0.png", root)
+
+
+def test_each_image_scored_with_its_products_calibration(
+    server, synthetic_root: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """--category-from-path: every row names its product and carries that product's z-score and
+    decision; mixed products never share a request."""
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--dir", str(synthetic_root), "--recursive", "--glob", "*/test/*/*"]
+    args += ["--url", server.grpc_url, "--output", str(out), "--category-from-path"]
+    args += ["--batch-size", "3"]
+    result = CliRunner().invoke(client_group, args)
+    assert result.exit_code == 0, result.output
+    rows = read_results(out)
+    manifest = Manifest.read(tiny_run)
+    for category in ("carpet", "nut"):
+        mine = sorted((r for r in rows if r["category"] == category), key=lambda r: r["path"])
+        assert mine and all(f"/{category}/test/" in r["path"] for r in mine)
+        images = np.stack([load_image(r["path"], 64) for r in mine])
+        _, ref_scores, ref_flags = reference_outputs(tiny_run, manifest, images, category)
+        calibration = manifest.scoring.calibration_for(category)
+        # Compared as raw scores: the tiny run holds out one image per product, so its std is
+        # the 1e-6 floor and z-scores magnify float32 rounding of the raw score a millionfold.
+        got_raw = np.array([r["score"] for r in mine]) * calibration.std + calibration.mean
+        ref_raw = ref_scores[:, 0] * calibration.std + calibration.mean
+        np.testing.assert_allclose(got_raw, ref_raw, rtol=1e-5, atol=1e-6)
+        threshold = calibration.threshold
+        clear = np.abs(ref_scores[:, 0] - threshold) > 1e-3
+        flags = np.array([r["is_anomalous"] for r in mine])
+        np.testing.assert_array_equal(flags[clear], ref_flags[clear, 0])
+    auroc = CliRunner().invoke(client_group, ["auroc", str(out)])
+    assert auroc.exit_code == 0 and "TPR" in auroc.output and "FPR" in auroc.output
+
+
+def test_unknown_category_fails_each_file_with_the_known_names(
+    server, synthetic_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--dir", str(synthetic_root / "nut" / "test" / "good")]
+    args += ["--url", server.grpc_url, "--output", str(out), "--category", "sofa"]
+    result = CliRunner().invoke(client_group, args)
+    assert result.exit_code == 1
+    rows = read_results(out)
+    assert rows and all("unknown category 'sofa'" in r["error"] for r in rows)
+    assert all("carpet" in r["error"] and r["category"] == "sofa" for r in rows)
+    both = CliRunner().invoke(client_group, [*args, "--force", "--category-from-path"])
+    assert both.exit_code == 1 and "not both" in both.output

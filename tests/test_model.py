@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -87,3 +88,27 @@ def test_normalize_takes_uint8_nhwc() -> None:
         out[0, :, 0, 0],
         torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]),
     )
+
+
+def test_adapt_batchnorm_reestimates_only_the_statistics() -> None:
+    """AdaBN: running mean/var become those of this data; weights untouched; eval mode after."""
+    from dcam.training.model import adapt_batchnorm
+
+    torch.manual_seed(0)
+    teacher = load_teacher("resnet18", "random")
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    weights = {k: v.clone() for k, v in teacher.state_dict().items() if not k.endswith(stats)}
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    seen = adapt_batchnorm(teacher, images, batch_size=6, device=torch.device("cpu"))
+    assert seen == 6 and not teacher.training
+    with torch.no_grad():
+        x = teacher.conv1(Normalize()(torch.from_numpy(images)))
+    torch.testing.assert_close(teacher.bn1.running_mean, x.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(
+        teacher.bn1.running_var, x.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5
+    )
+    assert teacher.bn1.momentum == 0.1  # restored
+    for k, v in teacher.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+    assert not any(p.requires_grad for p in teacher.parameters())

@@ -96,3 +96,17 @@ def test_best_epoch_is_the_lowest_held_out_loss(tiny_run: Path) -> None:
     training = json.loads((tiny_run / "manifest.json").read_text())["training"]
     losses = [h["val_loss"] for h in training["history"]]
     assert training["best_epoch"] == int(np.argmin(losses)) + 1
+
+
+def test_adapted_teacher_is_what_ships(synthetic_root: Path, tmp_path: Path) -> None:
+    """--adapt-teacher-bn: the teacher.pt that the build exports carries the re-estimated
+    BatchNorm statistics, and the manifest says so; the report shows both calibration readings."""
+    out = tmp_path / "run"
+    manifest = train(tiny_config(synthetic_root, out, epochs=1, adapt_teacher_bn=True))
+    assert "AdaBN" in manifest["teacher"]["batchnorm"]
+    teacher = torch.load(out / "teacher.pt", weights_only=True)
+    assert not torch.allclose(teacher["bn1.running_mean"], torch.zeros(64))  # random init: 0
+    readings = manifest["metrics"]["calibration_readings"]
+    assert set(readings) == {"global", "per_product"}
+    assert all(0 <= r["false_positive_rate"] <= 1 for r in readings.values())
+    assert "| per_product |" in (out / "report.md").read_text()

@@ -171,3 +171,28 @@ print(json.dumps(out.normalised.tolist()))
     s = [rng.normal(size=(2, 8, 16, 16)).astype(np.float32) for _ in range(3)]
     expected = scoring.score(manifest.scoring, t, s).normalised
     np.testing.assert_allclose(json.loads(result.stdout), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["ensemble", "fused"])
+def test_category_parameter_applies_that_products_calibration(
+    layout: str, ensemble_repo: Path, fused_repo: Path, tiny_run: Path
+) -> None:
+    """One model, many products: a request naming its product is normalised and decided with
+    that product's statistics; without it, the global ones; an unknown name is its error."""
+    repo = ensemble_repo if layout == "ensemble" else fused_repo
+    manifest = Manifest.read(tiny_run)
+    assert set(manifest.scoring.per_category) == {"carpet", "nut"}
+    images = parity_images(64)["generated"]
+    with TritonServer(ServerConfig(repo)) as server:
+        for category in (None, "carpet", "nut"):
+            ref = reference_outputs(tiny_run, manifest, images, category)
+            got = infer("grpc", server.grpc_url, images, category=category)
+            calibration = manifest.scoring.calibration_for(category)
+            # As raw scores: one held-out image per product in the tiny run makes its std the
+            # 1e-6 floor, so z-scores magnify float32 rounding a millionfold.
+            raw = [s * calibration.std + calibration.mean for s in (got[1], ref[1])]
+            np.testing.assert_allclose(raw[0], raw[1], rtol=1e-5, atol=1e-6)
+            clear = np.abs(ref[1] - calibration.threshold) > 1e-3
+            np.testing.assert_array_equal(got[2][clear], ref[2][clear])
+        with pytest.raises(InferenceServerException, match=r"unknown category 'sofa'.*carpet"):
+            infer("http", server.http_url, images, category="sofa")

@@ -62,6 +62,11 @@ def _d(name: str):
     help="Local torchvision checkpoint for the teacher (overrides --teacher).",
 )
 @click.option(
+    "--adapt-teacher-bn/--no-adapt-teacher-bn",
+    default=_d("adapt_teacher_bn"),
+    help="Re-estimate the teacher's BatchNorm statistics on the training good images (AdaBN).",
+)
+@click.option(
     "--dcam",
     type=click.Choice(DCAM_VARIANTS),
     default=_d("dcam"),

@@ -31,6 +31,9 @@ class TrainConfig:
     backbone: str = "resnet18"
     teacher: str = "imagenet"  # "random" only for offline tests: it understates every method
     teacher_weights: str | None = None  # a torchvision checkpoint; overrides `teacher`
+    # Re-estimate the teacher's BatchNorm statistics on the training good images (AdaBN) before
+    # distilling: a pretrained teacher's statistics come from other data (benchmarks/README.md).
+    adapt_teacher_bn: bool = False
     dcam: str = "channel"  # the paper's best configuration
     dcam_mode: str = "mask"  # chosen by the accuracy benchmark (benchmarks/README.md)
     losses: tuple[str, ...] = ("cosine", "kl")

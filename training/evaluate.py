@@ -95,7 +95,6 @@ def evaluate(
     labels = np.array([s.is_anomalous for s in samples])
     cats = np.array([s.category for s in samples])
     scores = np.asarray(image_scores(maps))
-    _, decided = scoring.judge(Calibration.from_dict(calibration["global"]), scores)
     report: dict = {"per_category": {}}
     for c in sorted(set(cats)):
         sel = cats == c
@@ -107,11 +106,38 @@ def evaluate(
     report["mean"] = {
         k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)
     }
+    report["calibration_readings"] = calibration_readings(labels, cats, scores, calibration)
     report["decisions_at_global_threshold"] = {
-        "true_positive_rate": float(decided[labels].mean()) if labels.any() else None,
-        "false_positive_rate": float(decided[~labels].mean()) if (~labels).any() else None,
+        k: report["calibration_readings"]["global"][k]
+        for k in ("true_positive_rate", "false_positive_rate")
     }
     return report
+
+
+def calibration_readings(
+    labels: np.ndarray, categories: np.ndarray, scores: np.ndarray, calibration: dict
+) -> dict:
+    """Pooled image AUROC and TPR/FPR at the shipped threshold, under the global calibration
+    and under each product's own: what one threshold for all products costs.
+
+    The served model applies the same two readings: without and with the request parameter
+    `category`.
+    """
+    readings = {}
+    per_product = {c: Calibration.from_dict(v) for c, v in calibration["per_category"].items()}
+    glob = Calibration.from_dict(calibration["global"])
+    for name, pick in (("global", lambda c: glob), ("per_product", per_product.__getitem__)):
+        z, decided = np.empty(len(scores)), np.empty(len(scores), bool)
+        for c in np.unique(categories):
+            sel = categories == c
+            z[sel], decided[sel] = scoring.judge(pick(c), scores[sel])
+        both = labels.any() and (~labels).any()
+        readings[name] = {
+            "pooled_image_auroc": auroc(labels, z) if both else None,
+            "true_positive_rate": float(decided[labels].mean()) if labels.any() else None,
+            "false_positive_rate": float(decided[~labels].mean()) if (~labels).any() else None,
+        }
+    return readings
 
 
 def markdown_table(report: dict) -> str:
@@ -125,4 +151,22 @@ def markdown_table(report: dict) -> str:
 
     lines += [row(c, v) for c, v in report["per_category"].items()]
     lines.append(row("**mean**", report["mean"]))
+    readings = report.get("calibration_readings")
+    if readings:
+        lines += [
+            "",
+            "| calibration | pooled image AUROC | TPR at threshold | FPR at threshold |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(_percent(r[k]) for k in READING_KEYS) + " |"
+            for name, r in readings.items()
+        ]
     return "\n".join(lines) + "\n"
+
+
+READING_KEYS = ("pooled_image_auroc", "true_positive_rate", "false_positive_rate")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -129,6 +130,31 @@ def load_teacher(backbone: str, source: str, weights_path: Path | None = None) -
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+@torch.no_grad()
+def adapt_batchnorm(
+    net: nn.Module, images: np.ndarray, batch_size: int, device: torch.device
+) -> int:
+    """AdaBN (Li et al., 2016): re-estimate every BatchNorm's running statistics on `images`.
+
+    A teacher pretrained on other images (fractals, ImageNet) normalises this line's features
+    with statistics of that other data; the training good images give the right ones. Only the
+    statistics change (no weights, no labels, no test images). Returns how many images it saw.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches, not an exponential one
+    normalize = Normalize().to(device)
+    net.train()
+    for start in range(0, len(images), batch_size):
+        net(normalize(torch.from_numpy(images[start : start + batch_size]).to(device)))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.eval()
+    return len(images)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from dcam.training.config import TrainConfig
 from dcam.training.evaluate import calibrate, evaluate, markdown_table, predict_maps
 from dcam.training.losses import distillation_loss
 from dcam.training.manifest import build_manifest
-from dcam.training.model import Normalize, Student, load_teacher
+from dcam.training.model import Normalize, Student, adapt_batchnorm, load_teacher
 
 OUTPUT_FILES = ("teacher.pt", "student.pt", "manifest.json", "checkpoint.pt", "report.json")
 _RESUMABLE_CHANGES = {"epochs", "device", "out"}
@@ -120,8 +120,18 @@ def run_epoch(
     return total / seen
 
 
-def teacher_info(cfg: TrainConfig) -> dict:
-    """Which teacher the run used, for the manifest (never silently another one)."""
+def teacher_info(cfg: TrainConfig, n_train: int) -> dict:
+    """Which teacher the run used and how, for the manifest (never silently another one)."""
+    info = _teacher_source(cfg)
+    info["batchnorm"] = (
+        f"re-estimated on the {n_train} training good images (AdaBN)"
+        if cfg.adapt_teacher_bn
+        else "as pretrained"
+    )
+    return info
+
+
+def _teacher_source(cfg: TrainConfig) -> dict:
     if cfg.teacher_weights:
         return {"source": "file", "path": str(cfg.teacher_weights)}
     info: dict = {"source": cfg.teacher}
@@ -160,6 +170,8 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     teacher = load_teacher(
         cfg.backbone, cfg.teacher, Path(cfg.teacher_weights) if cfg.teacher_weights else None
     ).to(device)
+    if cfg.adapt_teacher_bn:  # deterministic, so a resumed run re-adapts to the same statistics
+        adapt_batchnorm(teacher, train_images, cfg.batch_size, device)
     student = Student(cfg.backbone, teacher.channels, cfg.dcam, cfg.dcam_mode).to(device)
     optimizer = torch.optim.SGD(
         student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -246,7 +258,7 @@ def finish(
         cfg,
         teacher.channels,
         [4, 8, 16],
-        teacher_info(cfg),
+        teacher_info(cfg, len(splits.train)),
         splits.summary(),
         spec,
         calibration["method"],

@@ -7,8 +7,10 @@ rule training evaluates with. On the CPU it runs in numpy and never imports torc
 inputs (FORCE_CPU_ONLY_INPUT_TENSORS "no") it stays on the device through DLPack and torch, in
 FP32: torch is imported and the rule's constant matrices are put on the device in `initialize`
 (a container without torch fails the load, saying so), and a batch whose inputs Triton placed
-partly in host memory is moved to the device whole. A request parameter `threshold` overrides
-the calibrated decision threshold for that request.
+partly in host memory is moved to the device whole. Each request is normalised with the
+calibration of the product its `category` parameter names (the global one without it; an
+unknown name is that request's error), and its `threshold` parameter overrides the calibrated
+threshold.
 """
 
 import json
@@ -100,22 +102,20 @@ class TritonPythonModel:
         except Exception as exc:  # a failed batch answers every request with the error
             error = pb_utils.TritonError(f"post-processing failed: {exc}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        outputs = {
-            "maps": scored.maps,
-            "score": scored.normalised[:, None],
-            "decision": scored.decisions[:, None],
-        }
-        parts = batching.split(outputs, batching.sizes(per_request))
+        parts = batching.split(
+            {"maps": scored.maps, "raw": scored.raw}, batching.sizes(per_request)
+        )
         return [self._respond(r, part) for r, part in zip(requests, parts, strict=True)]
 
     def _respond(self, request, part):
-        """One response per request: its slice, its own threshold, or its own error."""
+        """One response per request: its slice under its product's calibration and threshold,
+        or its own error."""
         try:
-            threshold = scoring.request_threshold(json.loads(request.parameters() or "{}"))
+            params = json.loads(request.parameters() or "{}")
+            score, decision = scoring.judge_request(self.spec, part.pop("raw"), params)
         except ValueError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-        if threshold is not None:
-            part["decision"] = scoring.decide(part["score"], threshold)
+        part.update(score=score[:, None], decision=decision[:, None])
         tensors = [
             _to_tensor(self.roles[role], value, self.dtypes[self.roles[role]], self.torch)
             for role, value in part.items()
