@@ -86,6 +86,7 @@ def discover(
     categories: Sequence[str] | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    min_val: int = 1,
 ) -> Splits:
     """Pool the requested categories of all roots into train / held-out good / test splits."""
     splits = Splits([], [], [])
@@ -100,7 +101,8 @@ def discover(
             if len(good) < 2:
                 raise DcamError(f"{good_dir}: need at least 2 good images, found {len(good)}")
             random.Random(f"{seed}:{category}").shuffle(good)
-            n_val = max(1, round(len(good) * val_fraction))
+            # At least min_val held out (calibration needs them), at most half the images.
+            n_val = max(1, min(max(round(len(good) * val_fraction), min_val), len(good) // 2))
             splits.val += good[:n_val]
             splits.train += good[n_val:]
             splits.test += _test_samples(folder, category)

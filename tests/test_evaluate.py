@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from dcam.datasets.layout import Sample
-from dcam.training.evaluate import calibrate, evaluate, markdown_table
+from dcam.training.calibration import calibrate, gumbel_z_threshold
+from dcam.training.evaluate import evaluate, markdown_table
 
 
 def test_image_and_pixel_auroc_match_scikit_learn() -> None:
@@ -40,8 +41,32 @@ def test_image_and_pixel_auroc_match_scikit_learn() -> None:
 
 def test_calibration_thresholds_follow_the_quantile() -> None:
     scores = np.array([1.0, 2.0, 3.0, 4.0, 10.0, 20.0])
-    cal = calibrate(scores, ["x", "x", "x", "x", "y", "y"], quantile=1.0)
+    cal = calibrate(
+        scores, ["x", "x", "x", "x", "y", "y"], method="quantile", target_fpr=1e-9, prior_images=0
+    )
     x = cal["per_category"]["x"]
     assert x["mean"] == pytest.approx(2.5) and x["std"] == pytest.approx(np.std([1, 2, 3, 4]))
     assert x["threshold"] == pytest.approx((4.0 - 2.5) / x["std"], rel=1e-6)
     assert cal["global"]["n"] == 6
+
+
+def test_gumbel_threshold_holds_its_false_positive_rate() -> None:
+    """Maxima of many pixels follow the Gumbel law: fitted by moments on a few hundred good
+    images, the threshold's false positive rate on fresh ones is the stated one."""
+    assert gumbel_z_threshold(0.01) == pytest.approx(3.137, abs=1e-3)
+    rng = np.random.default_rng(0)
+    held_out = rng.gumbel(0.4, 0.05, 400)
+    cal = calibrate(held_out, ["p"] * len(held_out), target_fpr=0.01)["per_category"]["p"]
+    fresh = rng.gumbel(0.4, 0.05, 200_000)
+    fpr = float(((fresh - cal["mean"]) / cal["std"] > cal["threshold"]).mean())
+    assert 0.005 < fpr < 0.02, fpr  # the empirical 0.99 quantile of 4 images scatters far more
+
+
+def test_few_held_out_images_cannot_make_a_degenerate_calibration() -> None:
+    """Two identical held-out scores have no spread; the pooled spread of the other products
+    keeps the std (and so the z-scores) sane."""
+    scores = np.array([0.5, 0.5, 0.1, 0.2, 0.3, 0.15, 0.25])
+    cats = ["flat", "flat", "a", "a", "a", "a", "a"]
+    cal = calibrate(scores, cats)
+    assert cal["per_category"]["flat"]["std"] > 0.01
+    assert "expected false positive rate 0.01" in cal["method"]

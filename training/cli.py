@@ -14,6 +14,7 @@ from dcam.core.anomaly_map import COMBINE_MODES
 from dcam.core.cli import default, reports_errors
 from dcam.training.config import (
     BACKBONES,
+    CALIBRATION_METHODS,
     DCAM_MODES,
     DCAM_VARIANTS,
     LOSSES,
@@ -102,7 +103,24 @@ def _d(name: str):
 @click.option(
     "--sigma", type=float, default=_d("sigma"), help="Anomaly-map Gaussian sigma (0: off)."
 )
-@click.option("--threshold-quantile", type=float, default=_d("threshold_quantile"))
+@click.option(
+    "--min-val-per-category",
+    type=int,
+    default=_d("min_val_per_category"),
+    help="Held-out good images per category at least (at most half of its images).",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(CALIBRATION_METHODS),
+    default=_d("calibration"),
+    help="Threshold rule: gumbel (extreme-value fit to held-out scores) or quantile.",
+)
+@click.option(
+    "--target-fpr",
+    type=float,
+    default=_d("target_fpr"),
+    help="False positive rate on good parts the decision threshold is set for.",
+)
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--force", is_flag=True, help="Replace an earlier run in --out.")
 @reports_errors

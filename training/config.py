@@ -17,6 +17,7 @@ TEACHER_SOURCES = ("imagenet", "fractal", "random")
 DCAM_VARIANTS = ("none", "channel", "spatial", "channel+spatial")
 DCAM_MODES = ("side", "mask", "inline")
 LOSSES = ("cosine", "kl", "spatial_cosine", "l2")
+CALIBRATION_METHODS = ("gumbel", "quantile")
 
 
 def check_backbone(name: str) -> None:
@@ -47,9 +48,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: CUDA with mixed precision where present, else CPU
     val_fraction: float = 0.1  # share of good training images held out per category
+    # ... but at least this many per category (at most half of them): calibration needs images
+    min_val_per_category: int = 8
     combine: str = "sum"  # how the per-level maps are combined
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in pixels; 0 disables
-    threshold_quantile: float = 0.99  # of held-out good normalised scores
+    calibration: str = "gumbel"  # threshold rule: extreme-value fit, or empirical quantile
+    target_fpr: float = 0.01  # the false positive rate on good parts the threshold is set for
 
     def __post_init__(self) -> None:
         check_backbone(self.backbone)
@@ -65,6 +69,11 @@ class TrainConfig:
             raise ConfigError("give at least one data folder")
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(f"image_size must be a multiple of 32, >= 32; got {self.image_size}")
+        _check_choice("calibration", self.calibration, CALIBRATION_METHODS)
+        if not 0.0 < self.target_fpr < 0.5:
+            raise ConfigError(f"target_fpr must be in (0, 0.5); got {self.target_fpr}")
+        if self.min_val_per_category < 1:
+            raise ConfigError("min_val_per_category must be at least 1")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -49,31 +49,6 @@ def predict_maps(
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
 
 
-def calibrate(scores: np.ndarray, categories: Sequence[str], quantile: float = 0.99) -> dict:
-    """Score normalisation and decision threshold per category and global, from good images.
-
-    Scores are standardised with the held-out good images' mean and std; the threshold is the
-    given quantile of those normalised scores, so the deployed model decides without tuning.
-    """
-    cats = np.asarray(categories)
-
-    def stats(values: np.ndarray) -> dict:
-        mean, std = float(values.mean()), float(max(values.std(), 1e-6))
-        z = Calibration(mean, std, 0.0).normalise(values)
-        return {
-            "mean": mean,
-            "std": std,
-            "threshold": float(np.quantile(z, quantile)),
-            "n": len(values),
-        }
-
-    return {
-        "method": f"z-score of held-out good images; threshold = {quantile} quantile",
-        "global": stats(scores),
-        "per_category": {c: stats(scores[cats == c]) for c in sorted(set(categories))},
-    }
-
-
 def _category_metrics(
     labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray
 ) -> dict:

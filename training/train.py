@@ -23,8 +23,9 @@ from dcam.core.files import write_atomic, write_json_atomic
 from dcam.core.scoring import Calibration, ScoringSpec
 from dcam.datasets.layout import Splits, discover, load_images, load_masks
 from dcam.teacher.shipped import fractal_weights_path
+from dcam.training.calibration import calibrate, threshold_note
 from dcam.training.config import TrainConfig
-from dcam.training.evaluate import calibrate, evaluate, markdown_table, predict_maps
+from dcam.training.evaluate import evaluate, markdown_table, predict_maps
 from dcam.training.losses import distillation_loss
 from dcam.training.manifest import build_manifest
 from dcam.training.model import Normalize, Student, adapt_batchnorm, load_teacher
@@ -163,7 +164,13 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     prepare_output(out, resume, force)
-    splits = discover([Path(d) for d in cfg.data], cfg.categories, cfg.val_fraction, cfg.seed)
+    splits = discover(
+        [Path(d) for d in cfg.data],
+        cfg.categories,
+        cfg.val_fraction,
+        cfg.seed,
+        cfg.min_val_per_category,
+    )
     train_images = load_images(splits.train, cfg.image_size, "loading train")
     val_images = load_images(splits.val, cfg.image_size, "loading held-out")
     torch.manual_seed(cfg.seed)
@@ -236,13 +243,14 @@ def finish(
     """Calibrate on held-out good images, evaluate on the test split, write every output."""
     maps_kw = {"combine": cfg.combine, "sigma": cfg.sigma, "device": str(device)}
     val_scores = image_scores(predict_maps(teacher, student, val_images, **maps_kw))
-    calibration = calibrate(val_scores, [s.category for s in splits.val], cfg.threshold_quantile)
+    cats = [s.category for s in splits.val]
+    calibration = calibrate(val_scores, cats, cfg.calibration, cfg.target_fpr)
     report: dict = {}
     if splits.test:
         test_images = load_images(splits.test, cfg.image_size, "loading test")
         maps = predict_maps(teacher, student, test_images, **maps_kw)
         report = evaluate(splits.test, maps, load_masks(splits.test, cfg.image_size), calibration)
-        (out / "report.md").write_text(markdown_table(report))
+        (out / "report.md").write_text(markdown_table(report) + threshold_note(calibration))
     write_json_atomic(out / "report.json", report)
     save_atomic(teacher.state_dict(), out / "teacher.pt")
     save_atomic(student.deployable_state_dict(), out / "student.pt")
