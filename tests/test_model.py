@@ -45,6 +45,28 @@ def test_imagenet_teacher_offline_refuses_with_alternatives(monkeypatch, tmp_pat
     with pytest.raises(DcamError, match="--teacher random") as info:
         load_teacher("resnet18", "imagenet")
     assert "--teacher-weights" in str(info.value)
+    message = str(info.value)
+    assert message.index("--teacher fractal") < message.index("--teacher-weights")
+
+
+def test_unusable_teacher_fails_before_data_or_output_are_touched(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """Offline with the default ImageNet teacher: refused at once, offering the shipped one,
+    before the dataset is read and before --force replaces an earlier run."""
+    from click.testing import CliRunner
+
+    from dcam.training.cli import train_command
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    earlier = tmp_path / "run"
+    earlier.mkdir()
+    (earlier / "manifest.json").write_text("{}")
+    args = ["--data", str(tmp_path / "no-such-data"), "--out", str(earlier), "--force"]
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code == 1
+    assert "--teacher fractal" in result.output and "no-such-data" not in result.output
+    assert (earlier / "manifest.json").read_text() == "{}"
 
 
 @pytest.mark.parametrize("mode", ["side", "mask"])

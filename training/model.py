@@ -86,8 +86,9 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # urllib raises several kinds when offline
         raise DcamError(
             f"could not load ImageNet weights for {backbone} ({exc.__class__.__name__}: {exc}). "
-            f"Pass --teacher-weights PATH (a torchvision checkpoint), put {weights.url} into "
-            f"torch's hub cache ({torch.hub.get_dir()}/checkpoints), or, for tests only, "
+            "Offline, use the shipped license-clean teacher: --teacher fractal. Or pass "
+            f"--teacher-weights PATH (a torchvision checkpoint), or put {weights.url} into "
+            f"torch's hub cache ({torch.hub.get_dir()}/checkpoints). For tests only: "
             "--teacher random"
         ) from exc
 

@@ -163,6 +163,12 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     """Run the whole training stage and return the manifest it wrote."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    # The teacher first: an unusable one (offline ImageNet, missing file) must fail before an
+    # earlier run is replaced and before minutes of data loading.
+    teacher = load_teacher(
+        cfg.backbone, cfg.teacher, Path(cfg.teacher_weights) if cfg.teacher_weights else None
+    ).to(device)
     prepare_output(out, resume, force)
     splits = discover(
         [Path(d) for d in cfg.data],
@@ -173,10 +179,6 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     )
     train_images = load_images(splits.train, cfg.image_size, "loading train")
     val_images = load_images(splits.val, cfg.image_size, "loading held-out")
-    torch.manual_seed(cfg.seed)
-    teacher = load_teacher(
-        cfg.backbone, cfg.teacher, Path(cfg.teacher_weights) if cfg.teacher_weights else None
-    ).to(device)
     if cfg.adapt_teacher_bn:  # deterministic, so a resumed run re-adapts to the same statistics
         adapt_batchnorm(teacher, train_images, cfg.batch_size, device)
     student = Student(cfg.backbone, teacher.channels, cfg.dcam, cfg.dcam_mode).to(device)
