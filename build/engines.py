@@ -149,7 +149,7 @@ def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
     ensemble = repo_mod.ensemble_config(
         ENSEMBLE_MODEL, image, teacher_io, post_io, cfg.max_batch_size
     )
-    repo_mod.write_model(tmp, ensemble)
+    repo_mod.write_model(tmp, repo_mod.publish_scoring(ensemble, manifest))
 
 
 def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
@@ -174,7 +174,7 @@ def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
     )
     repo_mod.write_model(tmp, calibrate, "calibrate.py")
     ensemble = repo_mod.fused_ensemble_config(ENSEMBLE_MODEL, io, cfg.max_batch_size)
-    repo_mod.write_model(tmp, ensemble)
+    repo_mod.write_model(tmp, repo_mod.publish_scoring(ensemble, manifest))
 
 
 def build_repository(cfg: BuildConfig) -> dict:

@@ -32,6 +32,7 @@ from dcam.core.names import (
     SCORE,
     feature_name,
 )
+from dcam.core.scoring import SCORING_PARAMETER
 
 DATA_TYPES = {
     "uint8": mc.TYPE_UINT8,
@@ -111,7 +112,7 @@ def postprocess_params(manifest: Manifest, teacher_io: dict, target: str) -> dic
     return {
         "teacher_inputs": ",".join(feature_name("teacher", n) for n in levels),
         "student_inputs": ",".join(feature_name("student", n) for n in levels),
-        "scoring": manifest.scoring.to_json(),
+        SCORING_PARAMETER: manifest.scoring.to_json(),
         "map_output": ANOMALY_MAP,
         "score_output": SCORE,
         "decision_output": IS_ANOMALOUS,
@@ -136,7 +137,7 @@ def calibrate_io() -> dict:
 
 def calibrate_params(manifest: Manifest) -> dict[str, str]:
     return {
-        "scoring": manifest.scoring.to_json(),
+        SCORING_PARAMETER: manifest.scoring.to_json(),
         "score_output": SCORE,
         "decision_output": IS_ANOMALOUS,
     }
@@ -173,6 +174,13 @@ def ensemble_config(
     post = config.ensemble_scheduling.step.add(model_name=POSTPROCESS_MODEL, model_version=-1)
     post.input_map.update({t["name"]: t["name"] for t in post_io["inputs"]})
     post.output_map.update({t["name"]: t["name"] for t in post_io["outputs"]})
+    return config
+
+
+def publish_scoring(config: mc.ModelConfig, manifest: Manifest) -> mc.ModelConfig:
+    """The scoring record as a parameter of the model clients call, so a client can read each
+    product's calibration (for heatmaps on one scale per product) from the server itself."""
+    config.parameters[SCORING_PARAMETER].string_value = manifest.scoring.to_json()
     return config
 
 

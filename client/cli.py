@@ -19,13 +19,14 @@ from tqdm import tqdm
 
 from dcam.client import files
 from dcam.client.files import HotFolder, list_files
-from dcam.client.heatmap import heatmap_path, render_heatmap
+from dcam.client.heatmap import heatmap_path, product_scale, render_heatmap
 from dcam.client.results import Result, ResultWriter, open_results, read_results
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
 from dcam.core.cli import default, reports_errors
-from dcam.core.errors import ConfigError
+from dcam.core.errors import ClientError, ConfigError
 from dcam.core.images import load_image
 from dcam.core.metrics import auroc
+from dcam.core.scoring import ScoringSpec
 
 
 class Tally:
@@ -55,12 +56,12 @@ class Tally:
         )
 
 
-def _write_heatmap(result: Result, folder: Path, root: Path, size: int) -> None:
+def _write_heatmap(
+    result: Result, folder: Path, root: Path, size: int, scoring: ScoringSpec
+) -> None:
     image = load_image(result.path, size)
-    m = result.anomaly_map
-    png = render_heatmap(
-        image, m, result.score, result.is_anomalous, float(m.min()), float(m.max())
-    )
+    scale = product_scale(scoring, result.category)
+    png = render_heatmap(image, result.anomaly_map, result.score, result.is_anomalous, scale)
     out = heatmap_path(folder, result.path, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     png.save(out)
@@ -83,6 +84,11 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     try:
         await scorer.start()
+        if heatmaps is not None and scorer.scoring is None:
+            raise ClientError(
+                f"model {cfg.model!r} publishes no calibration (built by an older dcam-build), "
+                "so heatmaps cannot share one scale per product: rebuild the repository"
+            )
         tally.start = time.perf_counter()  # throughput of scoring, not of waiting for a server
         bar = tqdm(total=len(paths), unit="img", dynamic_ncols=True)
         batches = [paths]
@@ -91,7 +97,7 @@ async def _run(
                 writer.write(result)
                 tally.add(result)
                 if heatmaps is not None and result.ok:
-                    _write_heatmap(result, heatmaps, root, scorer.size[0])
+                    _write_heatmap(result, heatmaps, root, scorer.size[0], scorer.scoring)
                 bar.update(1)
                 bar.set_postfix(anomalous=tally.anomalous, failed=len(tally.failures))
             while hot is not None and not batches and not stop.is_set():

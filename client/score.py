@@ -21,6 +21,7 @@ from dcam.client.triton import ServerPool, request_parameters
 from dcam.core.errors import ClientError, ConfigError, ImageError
 from dcam.core.images import load_image
 from dcam.core.names import ANOMALY_MAP, DECISION_OUTPUTS, IS_ANOMALOUS, OUTPUTS, SCORE
+from dcam.core.scoring import ScoringSpec
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,14 @@ class Scorer:
         )
         self.decoders = ThreadPoolExecutor(config.workers, thread_name_prefix="dcam-decode")
         self.size: tuple[int, int] | None = None
+        self.scoring: ScoringSpec | None = None  # what the served model publishes (heatmaps)
 
     async def start(self) -> None:
         spec = await self.pool.wait_ready(self.config.ready_timeout_s)
         if spec.height != spec.width:
             raise ClientError(f"model input {spec.height}x{spec.width} is not square")
         self.size = (spec.height, spec.width)
+        self.scoring = spec.scoring
 
     async def close(self) -> None:
         await self.pool.close()

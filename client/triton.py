@@ -20,7 +20,12 @@ from tritonclient.utils import InferenceServerException
 
 from dcam.core.errors import ClientError, RetryableError
 from dcam.core.names import IMAGE, OUTPUTS
-from dcam.core.scoring import CATEGORY_PARAMETER, THRESHOLD_PARAMETER
+from dcam.core.scoring import (
+    CATEGORY_PARAMETER,
+    SCORING_PARAMETER,
+    THRESHOLD_PARAMETER,
+    ScoringSpec,
+)
 
 # What tritonclient reports as InferenceServerException.status() for a server that is down,
 # restarting, overloaded (a full queue) or too slow: worth another try. Anything else (a bad
@@ -83,6 +88,7 @@ def is_retryable(exc: BaseException) -> bool:
 class ModelSpec:
     height: int
     width: int
+    scoring: ScoringSpec | None = None  # the calibration per product, where the model publishes it
 
 
 class Server:
@@ -115,6 +121,15 @@ class Server:
             )
         except Exception:
             return False
+
+    async def scoring_spec(self, model: str) -> ScoringSpec | None:
+        """The scoring record the served model publishes in its config (None: not published)."""
+        if self.protocol == "grpc":
+            config = (await self.client.get_model_config(model, as_json=True))["config"]
+        else:
+            config = await self.client.get_model_config(model)
+        value = config.get("parameters", {}).get(SCORING_PARAMETER, {}).get("string_value")
+        return ScoringSpec.from_json(value) if value else None
 
     async def metadata(self, model: str) -> dict:
         if self.protocol == "grpc":
@@ -194,7 +209,9 @@ class ServerPool:
             if ready:
                 for server in ready:
                     server.mark_up()
-                return parse_spec(await ready[0].metadata(self.model), self.model)
+                spec = parse_spec(await ready[0].metadata(self.model), self.model)
+                spec.scoring = await ready[0].scoring_spec(self.model)
+                return spec
             if time.monotonic() > deadline:
                 urls = ", ".join(s.url for s in self.servers)
                 raise ClientError(

@@ -29,6 +29,7 @@ else:  # a copy beside a Triton model: always its sibling, even where dcam is in
 _EPS = 1e-8
 THRESHOLD_PARAMETER = "threshold"  # request parameter overriding the calibrated threshold
 CATEGORY_PARAMETER = "category"  # request parameter naming the product whose calibration applies
+SCORING_PARAMETER = "scoring"  # model-config parameter carrying this record as JSON
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dcam.build.config import BuildConfig
 from dcam.build.engines import build_repository, resolve_target, worst_errors
 from dcam.build.trt import missing_for_trt, trtexec_command
 from dcam.core.errors import BuildError, ConfigError, DcamError, OutputExistsError
+from dcam.core.manifest import Manifest
 from dcam.core.scoring import ScoringSpec
 
 
@@ -57,6 +58,9 @@ def test_configs_parse_back_field_by_field(ensemble_repo: Path) -> None:
     assert teacher.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert int(teacher.parameters["intra_op_threads"].string_value) >= 1
     assert teacher.model_warmup[0].batch_size == 1
+    ensemble = parse_config(ensemble_repo / "dcam" / "config.pbtxt")
+    published = ScoringSpec.from_json(ensemble.parameters["scoring"].string_value)
+    assert published == Manifest.read(ensemble_repo).scoring
     post = parse_config(ensemble_repo / "postprocess" / "config.pbtxt")
     params = {k: v.string_value for k, v in post.parameters.items()}
     glob = manifest["normalization"]["global"]
@@ -98,6 +102,8 @@ def test_fused_repository(fused_repo: Path) -> None:
     ]
     config = parse_config(fused_repo / "dcam" / "config.pbtxt")
     assert [o.name for o in config.output] == ["anomaly_map", "score", "is_anomalous"]
+    published = ScoringSpec.from_json(config.parameters["scoring"].string_value)
+    assert published == Manifest.read(fused_repo).scoring  # clients read it (heatmap scales)
     fused = parse_config(fused_repo / "fused" / "config.pbtxt")
     assert [o.name for o in fused.output] == ["anomaly_map", "raw_score"]
     step = parse_config(fused_repo / "calibrate" / "config.pbtxt")

@@ -372,3 +372,25 @@ def test_unknown_category_fails_each_file_with_the_known_names(
     assert all("carpet" in r["error"] and r["category"] == "sofa" for r in rows)
     both = CliRunner().invoke(client_group, [*args, "--force", "--category-from-path"])
     assert both.exit_code == 1 and "not both" in both.output
+
+
+def test_heatmaps_share_one_scale_per_product() -> None:
+    """Per-image scaling painted every part's own maximum hot; one scale per product from its
+    calibration keeps a good part cool and a defect hot, with the threshold on the bar."""
+    from dcam.client.heatmap import product_scale, render_heatmap
+    from dcam.core.scoring import Calibration, ScoringSpec
+
+    spec = ScoringSpec(
+        (32, 32), "sum", 0.0, Calibration(0.3, 0.1, 3.0), {"bottle": Calibration(0.1, 0.01, 3.0)}
+    )
+    scale = product_scale(spec, "bottle")
+    assert (scale.vmin, scale.threshold, scale.vmax) == pytest.approx((0.07, 0.13, 0.16))
+    assert product_scale(spec, None).threshold == pytest.approx(0.6)  # the global calibration
+    image = np.zeros((32, 32, 3), np.uint8)
+    good = 0.08 + 0.005 * np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    bad = good.copy()
+    bad[10:14, 10:14] = 0.2
+    overlay = slice(0, 256)  # 32 px maps are drawn 8x; the overlay is the left half
+    g = np.asarray(render_heatmap(image, good, 0.0, False, scale))[overlay, overlay]
+    b = np.asarray(render_heatmap(image, bad, 9.0, True, scale))[overlay, overlay]
+    assert g[..., 0].max() < 10 < b[..., 0].max()  # no red on the good part, red on the defect

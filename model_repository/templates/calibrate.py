@@ -20,7 +20,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
-        self.spec = scoring.ScoringSpec.from_json(params["scoring"])
+        self.spec = scoring.ScoringSpec.from_json(params[scoring.SCORING_PARAMETER])
         self.raw_input = config["input"][0]["name"]
         self.score_output, self.decision_output = params["score_output"], params["decision_output"]
         self.dtypes = {

@@ -57,7 +57,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.teacher = params["teacher_inputs"].split(",")
         self.student = params["student_inputs"].split(",")
-        self.spec = scoring.ScoringSpec.from_json(params["scoring"])
+        self.spec = scoring.ScoringSpec.from_json(params[scoring.SCORING_PARAMETER])
         self.roles = {
             "maps": params["map_output"],
             "score": params["score_output"],
