@@ -70,3 +70,36 @@ def test_few_held_out_images_cannot_make_a_degenerate_calibration() -> None:
     cal = calibrate(scores, cats)
     assert cal["per_category"]["flat"]["std"] > 0.01
     assert "expected false positive rate 0.01" in cal["method"]
+
+
+def test_cut_paste_makes_one_local_anomaly_per_image_from_its_own_product() -> None:
+    from dcam.datasets.anomalies import cut_paste
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    products = ["a", "a", "a", "b", "b", "b"]
+    fake = cut_paste(images, products, seed=3)
+    assert fake.shape == images.shape and fake.dtype == np.uint8
+    np.testing.assert_array_equal(fake, cut_paste(images, products, seed=3))  # deterministic
+    changed = (fake != images).any(axis=-1)
+    for i in range(6):  # a rectangle of 2-10% of the image, not the whole image
+        assert 0.005 < changed[i].mean() < 0.15, changed[i].mean()
+
+
+def test_f1_rule_separates_synthetic_anomalies_and_estimates_detection() -> None:
+    from dcam.core.errors import ConfigError
+    from dcam.training.calibration import detection_estimate
+
+    rng = np.random.default_rng(1)
+    good = rng.normal(1.0, 0.1, 200)
+    fake = rng.normal(1.5, 0.1, 200)
+    cats = ["p"] * 200
+    cal = calibrate(good, cats, method="f1", synthetic=fake)
+    z = cal["per_category"]["p"]["threshold"]
+    assert 1.5 < z < 3.5  # between the two groups, in z-units of the good ones
+    estimate = detection_estimate(cal, fake, cats)
+    assert estimate["detection_rate"] > 0.9 and estimate["per_category"]["p"] > 0.9
+    gumbel = calibrate(good, cats)  # 1% FPR: stricter, catches fewer
+    assert detection_estimate(gumbel, fake, cats)["detection_rate"] <= estimate["detection_rate"]
+    with pytest.raises(ConfigError, match="synthetic"):
+        calibrate(good, cats, method="f1")

@@ -109,4 +109,11 @@ def test_adapted_teacher_is_what_ships(synthetic_root: Path, tmp_path: Path) -> 
     readings = manifest["metrics"]["calibration_readings"]
     assert set(readings) == {"global", "per_product"}
     assert all(0 <= r["false_positive_rate"] <= 1 for r in readings.values())
-    assert "| per_product |" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "| per_product |" in report_md
+    assert "Estimated detection rate on synthetic anomalies" in report_md
+    estimate = manifest["metrics"]["synthetic_anomalies"]
+    assert 0.0 <= estimate["detection_rate"] <= 1.0 and set(estimate["per_category"]) == {
+        "carpet",
+        "nut",
+    }

@@ -17,7 +17,7 @@ TEACHER_SOURCES = ("imagenet", "fractal", "random")
 DCAM_VARIANTS = ("none", "channel", "spatial", "channel+spatial")
 DCAM_MODES = ("side", "mask", "inline")
 LOSSES = ("cosine", "kl", "spatial_cosine", "l2")
-CALIBRATION_METHODS = ("gumbel", "quantile")
+CALIBRATION_METHODS = ("gumbel", "quantile", "f1")
 
 
 def check_backbone(name: str) -> None:

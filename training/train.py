@@ -21,9 +21,10 @@ from dcam.core.anomaly_map import image_scores
 from dcam.core.errors import ConfigError, DcamError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
 from dcam.core.scoring import Calibration, ScoringSpec
+from dcam.datasets.anomalies import cut_paste
 from dcam.datasets.layout import Splits, discover, load_images, load_masks
 from dcam.teacher.shipped import fractal_weights_path
-from dcam.training.calibration import calibrate, threshold_note
+from dcam.training.calibration import calibrate, detection_estimate, threshold_note
 from dcam.training.config import TrainConfig
 from dcam.training.evaluate import evaluate, markdown_table, predict_maps
 from dcam.training.losses import distillation_loss
@@ -246,13 +247,20 @@ def finish(
     maps_kw = {"combine": cfg.combine, "sigma": cfg.sigma, "device": str(device)}
     val_scores = image_scores(predict_maps(teacher, student, val_images, **maps_kw))
     cats = [s.category for s in splits.val]
-    calibration = calibrate(val_scores, cats, cfg.calibration, cfg.target_fpr)
+    synthetic = cut_paste(val_images, cats, cfg.seed)  # no real defect is needed to estimate
+    synthetic_scores = image_scores(predict_maps(teacher, student, synthetic, **maps_kw))
+    calibration = calibrate(
+        val_scores, cats, cfg.calibration, cfg.target_fpr, synthetic=synthetic_scores
+    )
+    estimate = detection_estimate(calibration, synthetic_scores, cats)
     report: dict = {}
     if splits.test:
         test_images = load_images(splits.test, cfg.image_size, "loading test")
         maps = predict_maps(teacher, student, test_images, **maps_kw)
         report = evaluate(splits.test, maps, load_masks(splits.test, cfg.image_size), calibration)
-        (out / "report.md").write_text(markdown_table(report) + threshold_note(calibration))
+        note = threshold_note(calibration, estimate)
+        (out / "report.md").write_text(markdown_table(report) + note)
+    report["synthetic_anomalies"] = estimate
     write_json_atomic(out / "report.json", report)
     save_atomic(teacher.state_dict(), out / "teacher.pt")
     save_atomic(student.deployable_state_dict(), out / "student.pt")
