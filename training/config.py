@@ -33,8 +33,9 @@ class TrainConfig:
     teacher: str = "imagenet"  # "random" only for offline tests: it understates every method
     teacher_weights: str | None = None  # a torchvision checkpoint; overrides `teacher`
     # Re-estimate the teacher's BatchNorm statistics on the training good images (AdaBN) before
-    # distilling: a pretrained teacher's statistics come from other data (benchmarks/README.md).
-    adapt_teacher_bn: bool = False
+    # distilling: a pretrained teacher's statistics come from other data. +5 to 9 points on
+    # every metric for STFPM and DCAM alike (benchmarks/README.md), so on by default.
+    adapt_teacher_bn: bool = True
     dcam: str = "channel"  # the paper's best configuration
     dcam_mode: str = "mask"  # chosen by the accuracy benchmark (benchmarks/README.md)
     losses: tuple[str, ...] = ("cosine", "kl")
