@@ -394,3 +394,24 @@ def test_heatmaps_share_one_scale_per_product() -> None:
     g = np.asarray(render_heatmap(image, good, 0.0, False, scale))[overlay, overlay]
     b = np.asarray(render_heatmap(image, bad, 9.0, True, scale))[overlay, overlay]
     assert g[..., 0].max() < 10 < b[..., 0].max()  # no red on the good part, red on the defect
+
+
+def test_image_whose_product_the_path_does_not_tell_fails_alone(
+    server, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """--category-from-path never scores an image with the global calibration by default: one
+    lying directly in --dir fails with the reason, the others are scored with their product's."""
+    line = tmp_path / "line"
+    (line / "nut").mkdir(parents=True)
+    good = _good_images(synthetic_root, 2)
+    shutil.copy(good[0], line / "stray.png")
+    shutil.copy(good[1], line / "nut" / "part.png")
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--dir", str(line), "--recursive", "--category-from-path"]
+    result = CliRunner().invoke(
+        client_group, [*args, "--url", server.grpc_url, "--output", str(out)]
+    )
+    assert result.exit_code == 1
+    rows = {Path(r["path"]).name: r for r in read_results(out)}
+    assert "cannot tell its product" in rows["stray.png"]["error"]
+    assert rows["part.png"]["category"] == "nut" and rows["part.png"]["error"] is None
