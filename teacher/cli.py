@@ -6,11 +6,13 @@ layer turns library errors into messages and exit codes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from dcam.core.cli import default, reports_errors
-from dcam.teacher.config import PretrainConfig
-from dcam.training.config import BACKBONES
+from dcam.teacher.config import PretrainConfig, ProbeConfig
+from dcam.training.config import BACKBONES, TEACHER_SOURCES
 
 
 def _d(name: str):
@@ -20,6 +22,43 @@ def _d(name: str):
 @click.group()
 def teacher_group() -> None:
     """Teachers for dcam that need no ImageNet download."""
+
+
+def _p(name: str):
+    return default(ProbeConfig, name)
+
+
+@teacher_group.command("probe", context_settings={"show_default": True})
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Dataset root in MVTec layout (train/good and a labelled test split per product).",
+)
+@click.option("--teacher", type=click.Choice(TEACHER_SOURCES), default=_p("teacher"))
+@click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--adapt-bn/--no-adapt-bn",
+    default=_p("adapt_bn"),
+    help="Re-estimate the teacher's BatchNorm statistics on the training images first.",
+)
+@click.option("--backbone", type=click.Choice(BACKBONES), default=_p("backbone"))
+@click.option("--image-size", type=int, default=_p("image_size"))
+@click.option("--bank-size", type=int, default=_p("bank_size"), help="Patches kept per product.")
+@click.option("--seed", type=int, default=_p("seed"))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write JSON here.")
+@reports_errors
+def probe_command(out: str | None, **options) -> None:
+    """Image AUROC of a patch nearest-neighbour probe on the teacher's frozen features."""
+    from dcam.core.files import write_json_atomic
+    from dcam.teacher.probe import probe  # deferred: torch import is slow
+
+    result = probe(ProbeConfig(**options))
+    for category, value in result["per_category"].items():
+        click.echo(f"{category}: image AUROC {100 * value:.1f}")
+    click.echo(f"mean image AUROC {100 * result['mean_image_auroc']:.1f}")
+    if out:
+        write_json_atomic(Path(out), {"config": options, **result})
 
 
 @teacher_group.command("pretrain", context_settings={"show_default": True})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcam.core.errors import ConfigError
-from dcam.training.config import check_backbone
+from dcam.training.config import TEACHER_SOURCES, check_backbone
 
 
 @dataclass(frozen=True)
@@ -37,3 +37,22 @@ class PretrainConfig:
             raise ConfigError("minutes and max_images must be positive")
         if self.instances_per_class is not None and self.instances_per_class < 1:
             raise ConfigError("instances_per_class must be at least 1 (or None: on the fly)")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    data: str
+    teacher: str = "fractal"  # as dcam-train: imagenet, fractal or random
+    teacher_weights: str | None = None
+    adapt_bn: bool = True  # AdaBN on the training good images first, as dcam-train does
+    backbone: str = "resnet18"
+    image_size: int = 128
+    bank_size: int = 8192  # patches kept per product (random subset): enough, and fast
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_backbone(self.backbone)
+        if self.teacher not in TEACHER_SOURCES:
+            raise ConfigError(f"unknown teacher {self.teacher!r}; choose one of {TEACHER_SOURCES}")
+        if self.bank_size < 1 or self.image_size < 32 or self.image_size % 32:
+            raise ConfigError("bank_size must be >= 1 and image_size a multiple of 32, >= 32")

@@ -161,7 +161,7 @@ def _commands() -> list[tuple[click.Command, object, dict[str, str | None]]]:
     from dcam.serve.cli import serve_command
     from dcam.serve.server import ServerConfig
     from dcam.teacher.cli import teacher_group
-    from dcam.teacher.config import PretrainConfig
+    from dcam.teacher.config import PretrainConfig, ProbeConfig
     from dcam.training.cli import train_command
     from dcam.training.config import TrainConfig
 
@@ -170,12 +170,13 @@ def _commands() -> list[tuple[click.Command, object, dict[str, str | None]]]:
         (build_group.commands["engines"], BuildConfig, {}),
         (data_group.commands["synth"], generate_dataset, {}),
         (teacher_group.commands["pretrain"], PretrainConfig, {}),
+        (teacher_group.commands["probe"], ProbeConfig, {}),
         (serve_command, ServerConfig, SERVE_PORTS),
         (client_group.commands["score"], ScoreConfig, {}),
     ]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_cli_defaults_come_from_the_stage_config(index: int) -> None:
     """Every option that names a config field shows that field's default: one source."""
     command, owner, exceptions = _commands()[index]

@@ -192,3 +192,23 @@ def test_train_with_fractal_teacher_offline(
     )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "manifest.json").read_text())["teacher"]["source"] == "fractal"
+
+
+def test_probe_scores_the_farthest_patch() -> None:
+    from dcam.teacher.probe import farthest_patch
+
+    bank = torch.zeros(10, 4)
+    test = torch.zeros(2, 5, 4)
+    test[1, 3] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # one patch at distance 5 from the bank
+    np.testing.assert_allclose(farthest_patch(test, bank, chunk=2), [0.0, 5.0])
+
+
+def test_probe_cli_judges_a_teacher_without_training(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    args = ["probe", "--data", str(synthetic_root), "--teacher", "random", "--image-size", "64"]
+    result = CliRunner().invoke(teacher_group, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["per_category"]) == {"carpet", "nut"}
+    assert all(0.0 <= v <= 1.0 for v in report["per_category"].values())
+    assert report["config"]["adapt_bn"] is True and "mean image AUROC" in result.output
