@@ -21,7 +21,7 @@ from dcam.core import scoring
 from dcam.core.errors import BuildError
 from dcam.core.manifest import Manifest
 from dcam.core.names import ENSEMBLE_MODEL, IMAGE, OUTPUTS
-from dcam.core.scoring import CATEGORY_PARAMETER, THRESHOLD_PARAMETER
+from dcam.core.scoring import request_parameters
 from dcam.serve.server import ServerConfig, TritonServer
 
 
@@ -56,8 +56,7 @@ def infer(
     conn = client.InferenceServerClient(url)
     image = client.InferInput(IMAGE, list(images.shape), "UINT8")
     image.set_data_from_numpy(images)
-    params = {THRESHOLD_PARAMETER: threshold, CATEGORY_PARAMETER: category}
-    params = {k: v for k, v in params.items() if v is not None}
+    params = request_parameters(threshold, category)
     result = conn.infer(model, [image], parameters=params or None)
     return [result.as_numpy(name) for name in OUTPUTS]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from dcam.client.results import Result
-from dcam.client.triton import ServerPool, request_parameters
+from dcam.client.triton import ServerPool
 from dcam.core.errors import ClientError, ConfigError, ImageError
 from dcam.core.images import load_image
 from dcam.core.names import ANOMALY_MAP, DECISION_OUTPUTS, IS_ANOMALOUS, OUTPUTS, SCORE
-from dcam.core.scoring import ScoringSpec
+from dcam.core.scoring import ScoringSpec, request_parameters
 
 
 @dataclass(frozen=True)

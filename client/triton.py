@@ -21,9 +21,7 @@ from tritonclient.utils import InferenceServerException
 from dcam.core.errors import ClientError, RetryableError
 from dcam.core.names import IMAGE, OUTPUTS
 from dcam.core.scoring import (
-    CATEGORY_PARAMETER,
     SCORING_PARAMETER,
-    THRESHOLD_PARAMETER,
     ScoringSpec,
 )
 
@@ -50,16 +48,6 @@ RETRYABLE_STATUS = {
         )
     ),
 }
-
-
-def request_parameters(threshold: float | None, category: str | None) -> dict:
-    """The request parameters the served model reads: a threshold override, a product name."""
-    params: dict = {}
-    if threshold is not None:
-        params[THRESHOLD_PARAMETER] = float(threshold)
-    if category is not None:
-        params[CATEGORY_PARAMETER] = category
-    return params
 
 
 def _client_module(protocol: str):

@@ -63,6 +63,16 @@ def decide(normalised: Any, threshold: float) -> Any:
     return normalised > threshold
 
 
+def request_parameters(threshold: float | None, category: str | None) -> dict[str, Any]:
+    """The request parameters the served model reads: a threshold override, a product name."""
+    params: dict[str, Any] = {}
+    if threshold is not None:
+        params[THRESHOLD_PARAMETER] = float(threshold)
+    if category is not None:
+        params[CATEGORY_PARAMETER] = category
+    return params
+
+
 def request_category(parameters: Mapping[str, Any]) -> str | None:
     """The product a request names (its `category` parameter), None if it names none."""
     value = parameters.get(CATEGORY_PARAMETER)
