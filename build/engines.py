@@ -98,10 +98,11 @@ def _place_engine(
     refuses a graph that breaks them before the parser sees it.
     """
     shutil.copy2(onnx_path, version / "model.onnx")
-    report["models"][name]["tensorrt_problems"] = tensorrt_problems(onnx_path)
+    problems = tensorrt_problems(onnx_path)
+    report["models"][name]["tensorrt_problems"] = problems
     if target != "trt":
         return
-    require_tensorrt_ready(onnx_path)
+    require_tensorrt_ready(onnx_path, problems)
     io = report["models"][name]["io"]
     image = io["inputs"][0]
     shapes = {

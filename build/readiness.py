@@ -166,9 +166,13 @@ def tensorrt_problems(onnx_path: Path) -> list[str]:
     ]
 
 
-def require_tensorrt_ready(onnx_path: Path) -> None:
-    """Raise BuildError naming every node that breaks a TensorRT rule (see the module doc)."""
-    problems = tensorrt_problems(onnx_path)
+def require_tensorrt_ready(onnx_path: Path, problems: list[str] | None = None) -> None:
+    """Raise BuildError naming every node that breaks a TensorRT rule (see the module doc).
+
+    Args:
+        problems: `tensorrt_problems(onnx_path)` when the caller has them already.
+    """
+    problems = tensorrt_problems(onnx_path) if problems is None else problems
     if problems:
         raise BuildError(
             f"{onnx_path.name} is not ready for TensorRT {support_table()['tensorrt']} "
