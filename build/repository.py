@@ -112,10 +112,8 @@ def postprocess_params(manifest: Manifest, teacher_io: dict, target: str) -> dic
     return {
         "teacher_inputs": ",".join(feature_name("teacher", n) for n in levels),
         "student_inputs": ",".join(feature_name("student", n) for n in levels),
-        SCORING_PARAMETER: manifest.scoring.to_json(),
+        **calibrate_params(manifest),
         "map_output": ANOMALY_MAP,
-        "score_output": SCORE,
-        "decision_output": IS_ANOMALOUS,
         # One BLAS thread: the maths is small, and spinning BLAS threads beside the busy
         # teacher/student instances slowed it 50x on a 2-core machine (benchmarks/README.md).
         "blas_threads": "1",
@@ -136,6 +134,7 @@ def calibrate_io() -> dict:
 
 
 def calibrate_params(manifest: Manifest) -> dict[str, str]:
+    """What every model applying the scoring rule reads: the record and its output names."""
     return {
         SCORING_PARAMETER: manifest.scoring.to_json(),
         "score_output": SCORE,
