@@ -13,16 +13,11 @@ import torch
 from torch import nn
 
 from dcam.core import scoring
-from dcam.core.anomaly_map import image_scores
+from dcam.core.anomaly_map import anomaly_map, image_scores
 from dcam.core.metrics import auroc, f1_max, pro_score
-from dcam.core.scoring import Calibration, ScoringSpec
+from dcam.core.scoring import Calibration
 from dcam.datasets.layout import Sample
 from dcam.training.model import Normalize
-
-
-def map_spec(size: tuple[int, int], combine: str, sigma: float) -> ScoringSpec:
-    """The scoring record before calibration (maps need no statistics yet)."""
-    return ScoringSpec(size, combine, sigma, Calibration(0.0, 1.0, 0.0))
 
 
 @torch.no_grad()
@@ -36,7 +31,6 @@ def predict_maps(
     device: str = "cpu",
 ) -> np.ndarray:
     """Anomaly maps (N, H, W) of uint8 NHWC images, features in torch, map maths in numpy."""
-    spec = map_spec(tuple(images.shape[1:3]), combine, sigma)
     normalize = Normalize().to(device)
     teacher.eval()
     student.eval()
@@ -45,7 +39,7 @@ def predict_maps(
         x = normalize(torch.from_numpy(images[start : start + batch_size]).to(device))
         t_feats = [f.float().cpu().numpy() for f in teacher(x)]
         s_feats = [f.float().cpu().numpy() for f in student(x)]
-        maps.append(scoring.anomaly_maps(spec, t_feats, s_feats))
+        maps.append(anomaly_map(t_feats, s_feats, images.shape[1:3], combine, sigma))
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
 
 
