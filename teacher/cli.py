@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from dcam.core.cli import default, reports_errors
-from dcam.teacher.config import PretrainConfig, ProbeConfig
+from dcam.teacher.config import DATA_SOURCES, PretrainConfig, ProbeConfig
 from dcam.training.config import BACKBONES, TEACHER_SOURCES
 
 
@@ -68,8 +68,14 @@ def probe_command(out: str | None, **options) -> None:
     type=click.Path(file_okay=False),
     help="Output folder for teacher.pt and teacher.json.",
 )
+@click.option(
+    "--data",
+    type=click.Choice(DATA_SOURCES),
+    default=_d("data"),
+    help="Image family: IFS fractals, dead leaves, spectral noise, or all three mixed.",
+)
 @click.option("--backbone", type=click.Choice(BACKBONES), default=_d("backbone"))
-@click.option("--classes", "n_classes", type=int, default=_d("n_classes"), help="IFS classes.")
+@click.option("--classes", "n_classes", type=int, default=_d("n_classes"), help="Classes.")
 @click.option(
     "--instances-per-class",
     type=int,
@@ -94,7 +100,7 @@ def probe_command(out: str | None, **options) -> None:
 @click.option("--force", is_flag=True, help="Replace an earlier teacher in --out.")
 @reports_errors
 def pretrain_command(**options) -> None:
-    """Pretrain the teacher backbone to classify formula-generated fractals (FractalDB)."""
+    """Pretrain the teacher backbone to classify formula-generated images (no photograph)."""
     from dcam.teacher.pretrain import pretrain  # deferred: torch import is slow
 
     options["minutes"] = options["minutes"] or None

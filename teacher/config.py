@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from dcam.core.errors import ConfigError
 from dcam.training.config import TEACHER_SOURCES, check_backbone
 
+# Pretraining image families (formulas.py); `mix` splits the classes evenly over the others.
+DATA_SOURCES = ("fractal", "dead_leaves", "spectral", "mix")
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
     out: str
+    data: str = "fractal"
     backbone: str = "resnet18"
     n_classes: int = 128
     instances_per_class: int | None = None  # None: render on the fly; else a fixed cached set
@@ -29,6 +33,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_backbone(self.backbone)
+        if self.data not in DATA_SOURCES:
+            raise ConfigError(f"unknown data {self.data!r}; choose one of {DATA_SOURCES}")
         if self.n_classes < 2 or self.batch_size < 2 or self.image_size < 32:
             raise ConfigError("need n_classes >= 2, batch_size >= 2 and image_size >= 32")
         if self.minutes is None and self.max_images is None:

@@ -8,10 +8,7 @@ is one IFS; its instances jitter the IFS parameters, the colours, and flip the i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import torch
 
 from dcam.core.errors import DcamError
 
@@ -188,31 +185,3 @@ def render_batch(
     rows = np.arange(b)[:, None]
     images.reshape(b, size * size, 3)[rows, iy * size + ix] = palette[rows, maps]
     return images
-
-
-def render_set(
-    systems: list[np.ndarray], per_class: int, size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed, class-balanced set of instances (the cached training set, the held-out set)."""
-    rng = np.random.default_rng([seed, 0x5E7])
-    labels = np.repeat(np.arange(len(systems)), per_class)
-    chunks = [
-        render_batch(systems, c, rng, size) for c in np.array_split(labels, -(-len(labels) // 256))
-    ]
-    return np.concatenate(chunks), labels
-
-
-class FractalDataset(torch.utils.data.IterableDataset):
-    """Endless (uint8 NHWC batch, labels) pairs rendered on the fly; one stream per worker."""
-
-    def __init__(self, systems: list[np.ndarray], batch_size: int, size: int, seed: int) -> None:
-        super().__init__()
-        self.systems, self.batch_size, self.size, self.seed = systems, batch_size, size, seed
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0xDA7A, info.id if info else 0])
-        while True:
-            labels = rng.integers(0, len(self.systems), self.batch_size)
-            images = render_batch(self.systems, labels, rng, self.size)
-            yield torch.from_numpy(images), torch.from_numpy(labels)

@@ -1,8 +1,9 @@
-"""Pretrain a teacher backbone to classify formula-generated fractals (FractalDB).
+"""Pretrain a teacher backbone to classify formula-generated images (FractalDB and procedural
+textures, formulas.py).
 
 Reads nothing; writes `teacher.pt` (stem + layers 1-3 only, FP16, torchvision key names) and
 `teacher.json` (classes, images seen, resolution, accuracy, seed, time, device) to the output
-folder. Rendering lives in fractal.py; this is the classifier and its training loop.
+folder. Rendering lives in formulas.py; this is the classifier and its training loop.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from dcam.core.errors import DcamError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
 from dcam.teacher.config import PretrainConfig
-from dcam.teacher.fractal import FractalDataset, make_classes, render_set
+from dcam.teacher.formulas import Classes, FormulaDataset, make_classes, render_set
 from dcam.training.model import FeatureExtractor, Normalize
 from dcam.training.train import resolve_device
 
@@ -40,9 +41,9 @@ class FractalClassifier(nn.Module):
         return self.head(self.features(self.normalize(images))[-1].mean(dim=(2, 3)))
 
 
-def _batches(cfg: PretrainConfig, systems: list[np.ndarray], workers: int, pin: bool) -> Iterator:
+def _batches(cfg: PretrainConfig, systems: Classes, workers: int, pin: bool) -> Iterator:
     if cfg.instances_per_class is None:
-        dataset = FractalDataset(systems, cfg.batch_size, cfg.image_size, cfg.seed)
+        dataset = FormulaDataset(systems, cfg.batch_size, cfg.image_size, cfg.seed)
         yield from torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, pin_memory=pin
         )
@@ -90,7 +91,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         else (min(16, (os.cpu_count() or 2) - 1) if cuda else 0)
     )
     torch.manual_seed(cfg.seed)
-    systems = make_classes(cfg.n_classes, cfg.seed)
+    systems = make_classes(cfg.data, cfg.n_classes, cfg.seed)
     model = FractalClassifier(cfg.backbone, cfg.n_classes).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -104,7 +105,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     history: list[dict] = []
     seen, step, count, window = 0, 0, 0, torch.zeros(2, device=device)  # loss sum, correct
     start = time.perf_counter()
-    bar = tqdm(total=cfg.max_images, unit="img", desc="fractal pretraining", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_images, unit="img", desc=f"{cfg.data} pretraining", dynamic_ncols=True)
     model.train()
     batches = _batches(cfg, systems, workers, cuda)
     for images, labels in batches:
@@ -144,6 +145,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     accuracy = _accuracy(model, eval_images, eval_labels, device, amp)
     info = {
         "backbone": cfg.backbone,
+        "data": cfg.data,
         "classes": cfg.n_classes,
         "images_seen": seen,
         "resolution": cfg.image_size,
