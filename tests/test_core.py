@@ -144,6 +144,17 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> 
     assert os.listdir(tmp_path) == ["a.json"]  # no temporary file left behind
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path: Path) -> None:
+    """Not mkstemp's owner-only 0600: shipped weights and reports are read by others."""
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "a.json", {"v": 1})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
+
+
 # Options named differently from their field; None: deliberately not the library's default
 # (dcam-serve listens on Triton's usual ports, where the library picks free ones for tests).
 RENAMED = {"ready_timeout": "ready_timeout_s", "timeout": "timeout_s"}
