@@ -58,8 +58,26 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--teacher-weights", default=None)
     p.add_argument("--work", default="runs/bench-accuracy")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take finished runs of the same configuration from --work instead of retraining",
+    )
     p.add_argument("--tag", default=time.strftime("%Y%m%d"))
     return p.parse_args()
+
+
+def finished_run(cfg: TrainConfig) -> dict | None:
+    """The manifest of a finished run with exactly this configuration, else None.
+
+    With --reuse, an interrupted benchmark, or one given more seeds, trains only what is missing.
+    """
+    out = Path(cfg.out)
+    if not (out / "manifest.json").is_file() or not (out / "config.json").is_file():
+        return None
+    if json.loads((out / "config.json").read_text()) != json.loads(json.dumps(cfg.to_dict())):
+        return None
+    return json.loads((out / "manifest.json").read_text())
 
 
 def inline_latency_ratio(size: int) -> float:
@@ -160,7 +178,8 @@ def main() -> None:
                 **CONFIGS[name],
             )
             t0 = time.perf_counter()
-            manifest = train(cfg, force=True)
+            manifest = finished_run(cfg) if args.reuse else None
+            manifest = manifest or train(cfg, force=True)
             results[key].append(manifest["metrics"])
             print(
                 f"{key} seed {seed}: mean {manifest['metrics']['mean']} "

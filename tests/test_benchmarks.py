@@ -109,3 +109,20 @@ def test_perf_analyzer_measures_the_ensemble(ensemble_repo: Path, tmp_path: Path
     )
     perf.plot(summary, tmp_path / "plot.png", "test")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_teacher_study_ranks_teachers_over_data_sets(tmp_path: Path) -> None:
+    """The study probes each teacher on each generated data set and tabulates the mean."""
+    import teacher_study
+
+    args = ["--teacher", "shipped=fractal", "--teacher", "untrained=random"]
+    args += ["--data-seeds", "3,4", "--image-size", "64", "--n-train", "6"]
+    args += ["--work", str(tmp_path / "work"), "--results", str(tmp_path), "--tag", "t"]
+    results = teacher_study.main(args)
+    for name in ("shipped", "untrained"):
+        per_data = [results["per_data"][name][s]["mean_image_auroc"] for s in ("3", "4")]
+        assert results["teachers"][name]["mean"] == pytest.approx(sum(per_data) / 2)
+    assert results["teachers"]["shipped"]["pretraining"]["images_seen"] > 100_000
+    table = (tmp_path / "teacher-study-t.md").read_text()
+    assert "| shipped | fractal |" in table and "| untrained | - |" in table
+    assert json.loads((tmp_path / "teacher-study-t.json").read_text())["data_seeds"] == [3, 4]
