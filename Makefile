@@ -26,11 +26,11 @@ $(VENV)/.installed: pyproject.toml
 # Main job on the embedded default: synthetic production-line data, train and evaluate, build the
 # Triton model repository (CPU target), verify it in the real tritonserver, serve it, score the
 # test images with dcam-client (scores, decisions, heatmaps), AUROC from the client's own output.
-# The teacher is the shipped fractal one because nothing can be downloaded here; with ImageNet
-# weights available, drop --teacher fractal.
+# The teacher is the shipped license-clean one because nothing can be downloaded here; with
+# ImageNet weights available, drop --teacher formula.
 demo: setup
 	$(BIN)/dcam-data synth $(DEMO_DATA) --size $(DEMO_SIZE) --n-train 40 --seed 0 --force
-	$(BIN)/dcam-train --data $(DEMO_DATA) --out $(DEMO_RUN) --teacher fractal \
+	$(BIN)/dcam-train --data $(DEMO_DATA) --out $(DEMO_RUN) --teacher formula \
 	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --force
 	$(BIN)/dcam-build engines $(DEMO_RUN) --out $(DEMO_REPO) --force
 	$(BIN)/dcam-build verify $(DEMO_REPO)

@@ -1,3 +1,4 @@
-"""dcam.teacher: the license-clean teacher. Formula-generated fractal images (FractalDB style),
-pretraining a ResNet to classify them (`dcam-teacher pretrain`), and the shipped weights that
-`dcam-train --teacher fractal` uses. No photograph is involved."""
+"""dcam.teacher: the license-clean teachers. Formula-generated images (IFS fractals, dead leaves,
+spectral noise), pretraining a ResNet to classify them (`dcam-teacher pretrain`), the probe that
+judges a teacher (`dcam-teacher probe`), and the shipped weights that `dcam-train --teacher
+formula` (and `fractal`) use. No photograph is involved."""

@@ -1,4 +1,5 @@
-"""Command line: `dcam-teacher pretrain`, a teacher pretrained on formula-generated fractals.
+"""Command line: `dcam-teacher pretrain` (a teacher pretrained on formula-generated images) and
+`dcam-teacher probe` (judge a teacher before distilling).
 
 Every option maps onto a `PretrainConfig` field and takes its default from there; only this
 layer turns library errors into messages and exit codes.

@@ -48,7 +48,7 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     data: str
-    teacher: str = "fractal"  # as dcam-train: imagenet, fractal or random
+    teacher: str = "formula"  # as dcam-train: imagenet, formula, fractal or random
     teacher_weights: str | None = None
     adapt_bn: bool = True  # AdaBN on the training good images first, as dcam-train does
     backbone: str = "resnet18"

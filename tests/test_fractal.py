@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from dcam.core.errors import DcamError
 from dcam.teacher import shipped
 from dcam.teacher.cli import teacher_group
-from dcam.teacher.config import PretrainConfig
+from dcam.teacher.config import DATA_SOURCES, PretrainConfig
 from dcam.teacher.fractal import (
     filling_rate,
     make_classes,
@@ -102,16 +102,20 @@ def test_saved_weights_are_fp16_and_load_strictly(tiny_pretrain: tuple[Path, dic
     assert torch.equal(net.conv1.weight, state["conv1.weight"])
 
 
-def test_load_teacher_fractal_reads_shipped_weights(
-    tiny_pretrain: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("source", list(shipped.SHIPPED_TEACHERS))
+def test_load_teacher_reads_shipped_weights(
+    source: str,
+    tiny_pretrain: tuple[Path, dict],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(DcamError, match="missing"):
-        load_teacher("resnet18", "fractal")
-    with pytest.raises(DcamError, match="no shipped fractal teacher"):
-        load_teacher("wide_resnet50_2", "fractal")
-    shutil.copy(tiny_pretrain[0] / "teacher.pt", tmp_path / "fractal_resnet18.pt")
-    teacher = load_teacher("resnet18", "fractal")
+        load_teacher("resnet18", source)
+    with pytest.raises(DcamError, match=f"no shipped {source} teacher"):
+        load_teacher("wide_resnet50_2", source)
+    shutil.copy(tiny_pretrain[0] / "teacher.pt", tmp_path / f"{source}_resnet18.pt")
+    teacher = load_teacher("resnet18", source)
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in teacher.parameters())
     features = teacher(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == [64, 128, 256]
@@ -147,11 +151,16 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
 
 
-def test_shipped_fractal_teacher_loads_offline(offline, monkeypatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", list(shipped.SHIPPED_TEACHERS))
+def test_shipped_teacher_loads_offline(source: str, offline, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
-    weights = torch.load(shipped.WEIGHTS_DIR / "fractal_resnet18.pt", weights_only=True)
+    path = shipped.shipped_weights_path(source, "resnet18")
+    weights = torch.load(path, weights_only=True)
     assert set(weights) == set(FeatureExtractor("resnet18").state_dict())
-    teacher = load_teacher("resnet18", "fractal")
+    # Provenance travels beside the weights: what it saw, no photograph.
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["images_seen"] > 100_000 and info.get("data", "fractal") in DATA_SOURCES
+    teacher = load_teacher("resnet18", source)
     assert teacher.conv1.weight.dtype == torch.float32
     torch.testing.assert_close(
         teacher.layer3[1].conv2.weight, weights["layer3.1.conv2.weight"].float()
@@ -160,7 +169,7 @@ def test_shipped_fractal_teacher_loads_offline(offline, monkeypatch, tmp_path: P
     assert not torch.allclose(teacher.bn1.running_var, torch.ones_like(teacher.bn1.running_var))
 
 
-def test_train_with_fractal_teacher_offline(
+def test_train_with_formula_teacher_offline(
     monkeypatch, synthetic_root: Path, tmp_path: Path
 ) -> None:
     import json
@@ -169,7 +178,7 @@ def test_train_with_fractal_teacher_offline(
     from dcam.training.cli import train_command
 
     def no_network(*args, **kwargs):
-        raise AssertionError("training with --teacher fractal must not touch the network")
+        raise AssertionError("training with --teacher formula must not touch the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     out = tmp_path / "run"
@@ -181,7 +190,7 @@ def test_train_with_fractal_teacher_offline(
             "--out",
             str(out),
             "--teacher",
-            "fractal",
+            "formula",
             "--image-size",
             "64",
             "--epochs",
@@ -191,7 +200,7 @@ def test_train_with_fractal_teacher_offline(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "manifest.json").read_text())["teacher"]["source"] == "fractal"
+    assert json.loads((out / "manifest.json").read_text())["teacher"]["source"] == "formula"
 
 
 def test_probe_scores_the_farthest_patch() -> None:

@@ -46,7 +46,7 @@ def test_imagenet_teacher_offline_refuses_with_alternatives(monkeypatch, tmp_pat
         load_teacher("resnet18", "imagenet")
     assert "--teacher-weights" in str(info.value)
     message = str(info.value)
-    assert message.index("--teacher fractal") < message.index("--teacher-weights")
+    assert message.index("--teacher formula") < message.index("--teacher-weights")
 
 
 def test_unusable_teacher_fails_before_data_or_output_are_touched(
@@ -65,7 +65,7 @@ def test_unusable_teacher_fails_before_data_or_output_are_touched(
     args = ["--data", str(tmp_path / "no-such-data"), "--out", str(earlier), "--force"]
     result = CliRunner().invoke(train_command, args)
     assert result.exit_code == 1
-    assert "--teacher fractal" in result.output and "no-such-data" not in result.output
+    assert "--teacher formula" in result.output and "no-such-data" not in result.output
     assert (earlier / "manifest.json").read_text() == "{}"
 
 

@@ -53,8 +53,9 @@ def _d(name: str):
     "--teacher",
     type=click.Choice(TEACHER_SOURCES),
     default=_d("teacher"),
-    help="Teacher weights: torchvision ImageNet (cache or download), fractal (the shipped "
-    "FractalDB-pretrained weights, see dcam-teacher), or random (tests only).",
+    help="Teacher weights: torchvision ImageNet (cache or download), formula (shipped, "
+    "pretrained on rendered dead-leaves images, no download), fractal (its shipped "
+    "predecessor, IFS fractals), or random (tests only).",
 )
 @click.option(
     "--teacher-weights",

@@ -13,7 +13,9 @@ from dcam.core.errors import ConfigError
 
 # The choices, here and not beside the torch modules, so the CLI reads them without torch.
 BACKBONES = ("resnet18", "wide_resnet50_2")
-TEACHER_SOURCES = ("imagenet", "fractal", "random")
+# formula and fractal: the shipped license-clean teachers (teacher/shipped.py); formula is the
+# stronger one (benchmarks/README.md), fractal its predecessor, kept so old runs reproduce.
+TEACHER_SOURCES = ("imagenet", "formula", "fractal", "random")
 DCAM_VARIANTS = ("none", "channel", "spatial", "channel+spatial")
 DCAM_MODES = ("side", "mask", "inline")
 LOSSES = ("cosine", "kl", "spatial_cosine", "l2")

@@ -18,7 +18,7 @@ from torch import nn
 
 from dcam.core.errors import DcamError
 from dcam.core.names import LEVELS
-from dcam.teacher.shipped import SHIPPED_WEIGHTS, fractal_weights_path
+from dcam.teacher.shipped import SHIPPED_TEACHERS, shipped_weights_path
 from dcam.training.attention import DCAMBlock
 from dcam.training.config import DCAM_MODES, TEACHER_SOURCES, check_backbone
 
@@ -86,25 +86,25 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # urllib raises several kinds when offline
         raise DcamError(
             f"could not load ImageNet weights for {backbone} ({exc.__class__.__name__}: {exc}). "
-            "Offline, use the shipped license-clean teacher: --teacher fractal. Or pass "
+            "Offline, use the shipped license-clean teacher: --teacher formula. Or pass "
             f"--teacher-weights PATH (a torchvision checkpoint), or put {weights.url} into "
             f"torch's hub cache ({torch.hub.get_dir()}/checkpoints). For tests only: "
             "--teacher random"
         ) from exc
 
 
-def fractal_state_dict(backbone: str) -> dict[str, torch.Tensor]:
-    """The shipped FractalDB-pretrained stem + layers 1-3, stored in FP16 and returned in FP32."""
-    if backbone not in SHIPPED_WEIGHTS:
+def shipped_state_dict(source: str, backbone: str) -> dict[str, torch.Tensor]:
+    """A shipped formula-pretrained stem + layers 1-3, stored in FP16 and returned in FP32."""
+    if backbone not in SHIPPED_TEACHERS[source]:
         raise DcamError(
-            f"no shipped fractal teacher for {backbone}; shipped: {sorted(SHIPPED_WEIGHTS)}. "
-            "Train one with `dcam-teacher pretrain --backbone "
-            f"{backbone}` and pass its teacher.pt as --teacher-weights"
+            f"no shipped {source} teacher for {backbone}; shipped: "
+            f"{sorted(SHIPPED_TEACHERS[source])}. Train one with `dcam-teacher pretrain "
+            f"--backbone {backbone}` and pass its teacher.pt as --teacher-weights"
         )
-    path = fractal_weights_path(backbone)
+    path = shipped_weights_path(source, backbone)
     if not path.is_file():
         raise DcamError(
-            f"the shipped fractal teacher {path} is missing from this installation; reinstall "
+            f"the shipped {source} teacher {path} is missing from this installation; reinstall "
             "dcam, or train one with `dcam-teacher pretrain` and pass its teacher.pt as "
             "--teacher-weights"
         )
@@ -119,8 +119,8 @@ def load_teacher(backbone: str, source: str, weights_path: Path | None = None) -
         state = read_state_dict(weights_path)
     elif source == "imagenet":
         state = imagenet_state_dict(backbone)
-    elif source == "fractal":
-        state = fractal_state_dict(backbone)
+    elif source in SHIPPED_TEACHERS:
+        state = shipped_state_dict(source, backbone)
     elif source == "random":
         state = None
     else:

@@ -23,7 +23,7 @@ from dcam.core.files import write_atomic, write_json_atomic
 from dcam.core.scoring import Calibration, ScoringSpec
 from dcam.datasets.anomalies import cut_paste
 from dcam.datasets.layout import Splits, discover, load_images, load_masks
-from dcam.teacher.shipped import fractal_weights_path
+from dcam.teacher.shipped import SHIPPED_TEACHERS, shipped_weights_path
 from dcam.training.calibration import calibrate, detection_estimate, threshold_note
 from dcam.training.config import TrainConfig
 from dcam.training.evaluate import evaluate, markdown_table, predict_maps
@@ -139,9 +139,10 @@ def _teacher_source(cfg: TrainConfig) -> dict:
     info: dict = {"source": cfg.teacher}
     if cfg.teacher == "random":
         info["warning"] = "random teacher: for tests only, understates every method"
-    if cfg.teacher == "fractal":
-        sidecar = fractal_weights_path(cfg.backbone).with_suffix(".json")
-        info["weights"] = fractal_weights_path(cfg.backbone).name
+    if cfg.teacher in SHIPPED_TEACHERS:
+        weights = shipped_weights_path(cfg.teacher, cfg.backbone)
+        sidecar = weights.with_suffix(".json")
+        info["weights"] = weights.name
         if sidecar.is_file():
             info["pretraining"] = json.loads(sidecar.read_text())
     return info
