@@ -126,3 +126,20 @@ def test_teacher_study_ranks_teachers_over_data_sets(tmp_path: Path) -> None:
     table = (tmp_path / "teacher-study-t.md").read_text()
     assert "| shipped | fractal |" in table and "| untrained | - |" in table
     assert json.loads((tmp_path / "teacher-study-t.json").read_text())["data_seeds"] == [3, 4]
+
+
+def test_accuracy_reuses_only_a_finished_run_of_the_same_configuration(tmp_path: Path) -> None:
+    import accuracy
+
+    from dcam.core.files import write_json_atomic
+    from dcam.training.config import TrainConfig
+
+    cfg = TrainConfig(data=(str(tmp_path / "data"),), out=str(tmp_path / "run"), seed=1)
+    assert accuracy.finished_run(cfg) is None  # nothing there yet
+    (tmp_path / "run").mkdir()
+    write_json_atomic(tmp_path / "run" / "config.json", cfg.to_dict())
+    assert accuracy.finished_run(cfg) is None  # interrupted: no manifest was written
+    write_json_atomic(tmp_path / "run" / "manifest.json", {"metrics": {"mean": {}}})
+    assert accuracy.finished_run(cfg) == {"metrics": {"mean": {}}}
+    other = TrainConfig(data=cfg.data, out=cfg.out, seed=1, epochs=cfg.epochs + 1)
+    assert accuracy.finished_run(other) is None
