@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from dcam.core.cli import default, reports_errors
-from dcam.teacher.config import DATA_SOURCES, PretrainConfig, ProbeConfig
+from dcam.teacher.config import FAMILIES, PretrainConfig, ProbeConfig
 from dcam.training.config import BACKBONES, TEACHER_SOURCES
 
 
@@ -71,9 +71,9 @@ def probe_command(out: str | None, **options) -> None:
 )
 @click.option(
     "--data",
-    type=click.Choice(DATA_SOURCES),
     default=_d("data"),
-    help="Image family: IFS fractals, dead leaves, spectral noise, or all three mixed.",
+    help=f"Image family, one of {', '.join(FAMILIES)}; several joined by '+' "
+    "(classes split evenly), or mix (all).",
 )
 @click.option("--backbone", type=click.Choice(BACKBONES), default=_d("backbone"))
 @click.option("--classes", "n_classes", type=int, default=_d("n_classes"), help="Classes.")

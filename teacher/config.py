@@ -8,8 +8,19 @@ from dataclasses import dataclass
 from dcam.core.errors import ConfigError
 from dcam.training.config import TEACHER_SOURCES, check_backbone
 
-# Pretraining image families (formulas.py); `mix` splits the classes evenly over the others.
-DATA_SOURCES = ("fractal", "dead_leaves", "spectral", "mix")
+# Pretraining image families (formulas.py). `--data` names one, several joined by `+` (the
+# classes split evenly over them), or `mix` for all of them.
+FAMILIES = ("fractal", "dead_leaves", "spectral")
+
+
+def data_families(data: str) -> tuple[str, ...]:
+    """The families `data` names: `dead_leaves`, `dead_leaves+spectral`, `mix` (all)."""
+    families = FAMILIES if data == "mix" else tuple(data.split("+"))
+    if any(f not in FAMILIES for f in families) or len(set(families)) != len(families):
+        raise ConfigError(
+            f"unknown data {data!r}: name one of {FAMILIES}, several joined by '+', or 'mix'"
+        )
+    return families
 
 
 @dataclass(frozen=True)
@@ -33,8 +44,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_backbone(self.backbone)
-        if self.data not in DATA_SOURCES:
-            raise ConfigError(f"unknown data {self.data!r}; choose one of {DATA_SOURCES}")
+        data_families(self.data)
         if self.n_classes < 2 or self.batch_size < 2 or self.image_size < 32:
             raise ConfigError("need n_classes >= 2, batch_size >= 2 and image_size >= 32")
         if self.minutes is None and self.max_images is None:

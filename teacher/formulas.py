@@ -2,7 +2,8 @@
 
 A class is `(family, parameters)`; `render_batch` draws fresh instances of any classes, grouping
 the batch by family. `mix` splits the classes evenly over all families, as the "Multi-Formula"
-set of Ugwu, Casarin and Lanz (2024, arXiv 2405.06980) mixes formulae. A pure `fractal` set
+set of Ugwu, Casarin and Lanz (2024, arXiv 2405.06980) mixes formulae; `a+b` mixes the named
+families only. A pure `fractal` set
 renders exactly as before this module existed, so the shipped fractal teacher stays reproducible.
 """
 
@@ -13,11 +14,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from dcam.core.errors import ConfigError
 from dcam.teacher import fractal, procedural
-from dcam.teacher.config import DATA_SOURCES
+from dcam.teacher.config import FAMILIES, data_families
 
-FAMILIES = ("fractal", "dead_leaves", "spectral")
 _RENDER: dict[str, Callable] = {
     "dead_leaves": procedural.render_dead_leaves,
     "spectral": procedural.render_spectral,
@@ -31,10 +30,8 @@ Classes = list[tuple[str, object]]
 
 
 def make_classes(source: str, n_classes: int, seed: int) -> Classes:
-    """`n_classes` classes of one family, or of all families in turn for `mix`."""
-    if source not in DATA_SOURCES:
-        raise ConfigError(f"unknown pretraining data {source!r}; choose one of {DATA_SOURCES}")
-    families = FAMILIES if source == "mix" else (source,)
+    """`n_classes` classes of the families `source` names, split evenly over them."""
+    families = data_families(source)
     counts = [len(part) for part in np.array_split(np.arange(n_classes), len(families))]
     classes: Classes = []
     for family, count in zip(families, counts, strict=True):

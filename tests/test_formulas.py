@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from dcam.core.errors import ConfigError
 from dcam.teacher import fractal
 from dcam.teacher.cli import teacher_group
-from dcam.teacher.config import DATA_SOURCES, PretrainConfig
-from dcam.teacher.formulas import FAMILIES, make_classes, render_batch, render_set
+from dcam.teacher.config import FAMILIES, PretrainConfig, data_families
+from dcam.teacher.formulas import make_classes, render_batch, render_set
 
 
 @pytest.mark.parametrize("family", ["dead_leaves", "spectral"])
@@ -49,16 +49,19 @@ def test_pure_fractal_data_renders_exactly_as_the_shipped_teacher_saw_it() -> No
     np.testing.assert_array_equal(old, render_batch(classes, ids, np.random.default_rng(9), 32))
 
 
-def test_unknown_data_is_refused() -> None:
+def test_families_join_with_plus_and_unknown_data_is_refused() -> None:
+    classes = make_classes("dead_leaves+spectral", 5, seed=0)
+    assert [kind for kind, _ in classes] == ["dead_leaves"] * 3 + ["spectral"] * 2
+    assert data_families("mix") == FAMILIES
+    for bad in ("photos", "dead_leaves+photos", "spectral+spectral", ""):
+        with pytest.raises(ConfigError, match="unknown data"):
+            PretrainConfig(out="x", data=bad)
     with pytest.raises(ConfigError, match="unknown data"):
-        PretrainConfig(out="x", data="photos")
-    with pytest.raises(ConfigError, match="unknown pretraining data"):
         make_classes("photos", 4, 0)
-    assert set(FAMILIES) < set(DATA_SOURCES)
 
 
 def test_cli_pretrains_on_each_family_and_records_it(tmp_path: Path) -> None:
-    for data in DATA_SOURCES:
+    for data in (*FAMILIES, "mix", "fractal+dead_leaves"):
         out = tmp_path / data
         args = ["pretrain", "--data", data, "--out", str(out), "--classes", "3"]
         args += ["--image-size", "32", "--batch-size", "4", "--max-images", "8", "--minutes", "0"]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from dcam.core.errors import DcamError
 from dcam.teacher import shipped
 from dcam.teacher.cli import teacher_group
-from dcam.teacher.config import DATA_SOURCES, PretrainConfig
+from dcam.teacher.config import PretrainConfig, data_families
 from dcam.teacher.fractal import (
     filling_rate,
     make_classes,
@@ -159,7 +159,7 @@ def test_shipped_teacher_loads_offline(source: str, offline, monkeypatch, tmp_pa
     assert set(weights) == set(FeatureExtractor("resnet18").state_dict())
     # Provenance travels beside the weights: what it saw, no photograph.
     info = json.loads(path.with_suffix(".json").read_text())
-    assert info["images_seen"] > 100_000 and info.get("data", "fractal") in DATA_SOURCES
+    assert info["images_seen"] > 100_000 and data_families(info.get("data", "fractal"))
     teacher = load_teacher("resnet18", source)
     assert teacher.conv1.weight.dtype == torch.float32
     torch.testing.assert_close(
