@@ -45,6 +45,8 @@ def serve_command(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    if server.freed_at_start.regions:
+        click.echo(f"freed {server.freed_at_start.describe()} left by earlier servers")
     click.echo(
         f"serving {repo}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
         f"metrics {host}:{server.ports['metrics']} (log {server.log_path}); Ctrl-C stops",
@@ -58,4 +60,6 @@ def serve_command(
                 )
     finally:
         server.stop()
+        if server.freed_at_stop.regions:
+            click.echo(f"freed {server.freed_at_stop.describe()}")
     click.echo("tritonserver stopped")

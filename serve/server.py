@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcam.core.errors import ServerError
+from dcam.serve.shm import Freed, remove_stale_regions
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class TritonServer:
         self._work = Path(tempfile.mkdtemp(prefix="dcam-triton-"))
         self.log_path = self._work / "server.log"
         self.process: subprocess.Popen | None = None
+        # Stale Python-backend regions removed before starting and after stopping.
+        self.freed_at_start = self.freed_at_stop = Freed()
 
     @property
     def http_url(self) -> str:
@@ -118,6 +121,7 @@ class TritonServer:
         for name, port in self.ports.items():
             if port_in_use(self.config.host, port):
                 raise ServerError(f"{name} port {port} on {self.config.host} is already in use")
+        self.freed_at_start = remove_stale_regions()  # left by servers killed hard earlier
         runtime = prepare_runtime(self._work / "runtime")
         cmd = [
             str(runtime / "bin" / "tritonserver"),
@@ -184,6 +188,8 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(self._work / "runtime", ignore_errors=True)
+        if proc is not None:
+            self.freed_at_stop = remove_stale_regions()  # what stubs killed above left
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -23,6 +23,7 @@ from dcam.client.score import ScoreConfig, Scorer, score_paths
 from dcam.core.images import load_image
 from dcam.core.manifest import Manifest
 from dcam.serve.server import ServerConfig, TritonServer, free_port
+from dcam.serve.shm import REGION_PREFIX, SHM_DIR, _held_paths
 
 pytestmark = pytest.mark.triton
 
@@ -219,6 +220,7 @@ def test_server_killed_and_restarted_mid_run(ensemble_repo: Path, synthetic_root
     ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
     paths = sorted(synthetic_root.glob("*/train/good/*.png")) * 8
     paths = [p for p in paths]  # the same file many times: each occurrence is one input
+    regions_before = set(SHM_DIR.glob(f"{REGION_PREFIX}*"))
     first = TritonServer(ServerConfig(ensemble_repo, **ports)).start()
     second: list[TritonServer] = []
 
@@ -255,6 +257,12 @@ def test_server_killed_and_restarted_mid_run(ensemble_repo: Path, synthetic_root
         for srv in second:
             srv.stop()
     assert second, "the server was not restarted"
+    # SIGKILL left the first server's Python-backend regions; the next start removed them, and
+    # nothing this test started is left in /dev/shm (a region still held is another run's).
+    assert second[0].freed_at_start.regions >= 1
+    held = _held_paths() or set()
+    left = set(SHM_DIR.glob(f"{REGION_PREFIX}*")) - regions_before
+    assert {p for p in left if str(p) not in held} == set()
     assert len(results) == len(paths)
     assert [r.error for r in results if not r.ok] == []
     assert sorted(r.path for r in results) == sorted(str(p) for p in paths)
