@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dcam.client import files
 from dcam.client.files import HotFolder, list_files
 from dcam.client.heatmap import heatmap_path, product_scale, render_heatmap
-from dcam.client.results import Result, ResultWriter, open_results, read_results
+from dcam.client.results import Result, ResultWriter, compact, open_results, read_results
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
 from dcam.core.cli import default, reports_errors
 from dcam.core.errors import ClientError, ConfigError
@@ -183,7 +183,17 @@ def _d(name: str):
     default=_d("ready_timeout_s"),
     help="How long to wait for a ready server at start.",
 )
-@click.option("--resume", is_flag=True, help="Skip files already in --output and append.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue --output: skip scored files and permanent failures, score again files whose "
+    "error was transient (server away or overloaded); each file stays once in the output.",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="With --resume, also score again files whose error was permanent (e.g. undecodable).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 @click.option("--watch", is_flag=True, help="Keep scoring new files as they land (Ctrl-C ends).")
 @reports_errors
@@ -194,6 +204,7 @@ def score_command(
     output: str,
     heatmaps: str | None,
     resume: bool,
+    retry_failed: bool,
     force: bool,
     watch: bool,
     urls: tuple[str, ...],
@@ -230,7 +241,9 @@ def score_command(
     category_of = (
         functools.partial(files.category_from_path, root=Path(root)) if category_from_path else None
     )
-    writer, done = open_results(out, resume, force)
+    if retry_failed and not resume:
+        raise ConfigError("--retry-failed continues an output: give it with --resume")
+    writer, done = open_results(out, resume, force, retry_failed)
     paths = [p for p in list_files(Path(root), recursive, pattern) if os.fsdecode(p) not in done]
     hot = (
         HotFolder(Path(root), recursive, pattern, done | {os.fsdecode(p) for p in paths})
@@ -252,9 +265,17 @@ def score_command(
             )
         )
     click.echo(tally.summary() + (f" (skipped {len(done)} already in {out})" if done else ""))
-    if tally.failures:
-        for failure in tally.failures[:50]:
-            click.echo(f"FAILED {failure.path}: {failure.error}", err=True)
+    # The exit status is what the output holds: with --resume, failures kept from earlier runs
+    # count too, and files scored now replace their earlier failed rows.
+    failures = (
+        [(r["path"], r["error"]) for r in compact(out)]
+        if resume
+        else [(f.path, f.error) for f in tally.failures]
+    )
+    if failures:
+        for path, error in failures[:50]:
+            click.echo(f"FAILED {path}: {error}", err=True)
+        click.echo(f"{len(failures)} failed files in {out}", err=True)
         raise SystemExit(1)
 
 

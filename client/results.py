@@ -1,8 +1,14 @@
 """Typed results and their output files (CSV or JSONL by extension), written as they arrive.
 
 Each row is flushed at once, so a crash of the client loses nothing already scored (and an fsync
-at least every second bounds what an OS crash can lose); `--resume` reads the file
-back and skips what is in it. File names that are not UTF-8 survive the round trip.
+at least every second bounds what an OS crash can lose). File names that are not UTF-8 survive
+the round trip.
+
+`--resume` reads the file back and skips what is settled: scored files, and files whose error
+is permanent (cannot decode, too large) unless `--retry-failed`. Files whose error was
+transient (the server was away or overloaded past the retries) are scored again. New rows are
+appended, a later row superseding an earlier one of the same path, and at the end the file is
+rewritten atomically with each path once, its latest row, in first-seen order.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from dcam.core.errors import ConfigError, OutputExistsError
+from dcam.core.files import write_atomic
 
-FIELDS = ("path", "category", "score", "is_anomalous", "error", "latency_ms")
+FIELDS = ("path", "category", "score", "is_anomalous", "error", "retryable", "latency_ms")
 
 
 @dataclass
@@ -28,6 +35,7 @@ class Result:
     score: float | None = None
     is_anomalous: bool | None = None
     error: str | None = None
+    retryable: bool | None = None  # for errors: transient (transport, overload), worth a retry
     latency_ms: float | None = None
     anomaly_map: np.ndarray | None = None
 
@@ -110,20 +118,77 @@ def read_results(path: Path) -> list[dict]:
         return rows
 
 
-def done_paths(path: Path) -> set[str]:
-    """Paths already in an output file, scored or failed, for --resume."""
-    return {row["path"] for row in read_results(path)}
+def latest_rows(path: Path) -> dict[str, dict]:
+    """Each path's latest row (a later row supersedes an earlier one), in first-seen order."""
+    latest: dict[str, dict] = {}
+    for row in read_results(path):
+        latest[row["path"]] = row
+    return latest
 
 
-def open_results(path: Path, resume: bool, force: bool) -> tuple[ResultWriter, set[str]]:
-    """The output writer and, for resume, the paths it already holds; never overwrites silently.
+def _truthy(value) -> bool:
+    return str(value).lower() == "true"  # JSON true, CSV "True"
+
+
+def is_settled(row: dict, retry_failed: bool = False) -> bool:
+    """Whether --resume leaves this row's file alone.
+
+    Scored: settled. Failed transiently: scored again. Failed permanently: settled unless
+    `retry_failed`. Rows written before errors were classified (no `retryable` field) count as
+    transient when inference failed, the only error a server outage produced.
+    """
+    if row.get("error") in (None, ""):
+        return True
+    retryable = row.get("retryable")
+    if retryable in (None, ""):
+        return not str(row["error"]).startswith("inference failed") and not retry_failed
+    return not _truthy(retryable) and not retry_failed
+
+
+def open_results(
+    path: Path, resume: bool, force: bool, retry_failed: bool = False
+) -> tuple[ResultWriter, set[str]]:
+    """The output writer and, for resume, the settled paths to skip; never overwrites silently.
 
     Raises:
         OutputExistsError: the file has results and neither resume nor force was asked for.
     """
     path = Path(path)
     _kind(path)
-    if path.exists() and path.stat().st_size and not (resume or force):
+    exists = path.exists() and path.stat().st_size > 0
+    if exists and not (resume or force):
         raise OutputExistsError(f"{path} exists; pass --resume to continue it or --force")
-    done = done_paths(path) if resume else set()
+    done: set[str] = set()
+    if resume and exists:
+        compact(path)  # one row per path, today's columns: appending cannot misalign a CSV
+        done = {p for p, row in latest_rows(path).items() if is_settled(row, retry_failed)}
     return ResultWriter(path, append=resume), done
+
+
+def compact(path: Path) -> list[dict]:
+    """Rewrite `path` atomically with each path once (its latest row); return the failed rows."""
+    path = Path(path)
+    rows = list(latest_rows(path).values())
+
+    def write(fh) -> None:
+        text = _Text(fh)
+        if _kind(path) == "csv":
+            writer = csv.DictWriter(text, FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                text.write(json.dumps(row) + "\n")
+
+    write_atomic(path, write)
+    return [r for r in rows if r.get("error") not in (None, "")]
+
+
+class _Text:
+    """A text view of a binary file that keeps non-UTF-8 names as their original bytes."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+
+    def write(self, text: str) -> int:
+        return self._fh.write(text.encode("utf-8", errors="surrogateescape"))

@@ -18,7 +18,7 @@ import numpy as np
 
 from dcam.client.results import Result
 from dcam.client.triton import ServerPool
-from dcam.core.errors import ClientError, ConfigError, ImageError
+from dcam.core.errors import ClientError, ConfigError, ImageError, RetryableError
 from dcam.core.images import load_image
 from dcam.core.names import ANOMALY_MAP, DECISION_OUTPUTS, IS_ANOMALOUS, OUTPUTS, SCORE
 from dcam.core.scoring import ScoringSpec, request_parameters
@@ -102,7 +102,7 @@ class Scorer:
             *(loop.run_in_executor(self.decoders, _decode, p, self.size[0]) for p in paths)
         )
         results = {
-            i: Result(os.fsdecode(p), category=category, error=d)
+            i: Result(os.fsdecode(p), category=category, error=d, retryable=False)
             for i, (p, d) in enumerate(zip(paths, decoded, strict=True))
             if isinstance(d, str)
         }
@@ -119,7 +119,10 @@ class Scorer:
                 out = None
                 for i in good:
                     results[i] = Result(
-                        os.fsdecode(paths[i]), category=category, error=f"inference failed: {exc}"
+                        os.fsdecode(paths[i]),
+                        category=category,
+                        error=f"inference failed: {exc}",
+                        retryable=isinstance(exc, RetryableError),  # retries ran out, not refused
                     )
             latency = (time.perf_counter() - start) * 1000
             for k, i in enumerate(good if out is not None else []):
@@ -145,7 +148,7 @@ class Scorer:
             try:
                 yield path, category_of(path)
             except ClientError as exc:
-                failed.append(Result(os.fsdecode(path), error=str(exc)))
+                failed.append(Result(os.fsdecode(path), error=str(exc), retryable=False))
 
     async def stream(
         self, paths: Iterable[Path], category_of: CategoryOf | None = None

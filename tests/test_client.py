@@ -174,6 +174,48 @@ def test_resume_scores_each_file_once(server, synthetic_root: Path, tmp_path: Pa
     assert sorted(names) == sorted(p.name for p in folder.iterdir())
 
 
+def test_resume_rescores_transient_failures_and_keeps_permanent_ones(
+    server, synthetic_root: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for p in _good_images(synthetic_root, 4):
+        shutil.copy(p, folder / f"{p.parent.name}-{p.name}")
+    (folder / "broken.png").write_bytes(b"not an image")  # a permanent, per-file error
+    out = tmp_path / "scores.csv"
+    base = ["score", "--dir", str(folder), "--url", server.grpc_url, "--output", str(out)]
+    # Every request times out: the images fail transiently, the broken file permanently.
+    first = CliRunner().invoke(client_group, [*base, "--timeout", "0.0001", "--retries", "1"])
+    assert first.exit_code == 1
+    rows = {Path(r["path"]).name: r for r in read_results(out)}
+    assert rows["broken.png"]["retryable"] == "False"
+    assert {r["retryable"] for n, r in rows.items() if n != "broken.png"} == {"True"}
+
+    second = CliRunner().invoke(client_group, [*base, "--resume"])
+    assert second.exit_code == 1, second.output  # the broken file is still in the output
+    assert "skipped 1 already" in second.output and "1 failed files in" in second.output
+    rows = read_results(out)
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in folder.iterdir())
+    assert [Path(r["path"]).name for r in rows if r["error"]] == ["broken.png"]
+
+    third = CliRunner().invoke(client_group, [*base, "--resume", "--retry-failed"])
+    assert third.exit_code == 1 and "skipped 4 already" in third.output
+    assert len(read_results(out)) == 5  # tried again, failed again, still once
+    lone = CliRunner().invoke(client_group, [*base, "--force", "--retry-failed"])
+    assert lone.exit_code != 0 and "with --resume" in lone.output
+
+
+def test_rows_written_before_errors_were_classified_resume_sensibly() -> None:
+    from dcam.client.results import is_settled
+
+    assert is_settled({"path": "a", "error": ""})
+    assert not is_settled({"path": "a", "error": "inference failed: gave up after 4 attempts"})
+    assert is_settled({"path": "a", "error": "cannot decode image"})
+    assert not is_settled({"path": "a", "error": "cannot decode image"}, retry_failed=True)
+    assert not is_settled({"path": "a", "error": "x", "retryable": True})
+    assert is_settled({"path": "a", "error": "x", "retryable": "False"})
+
+
 def test_no_server_at_start(tmp_path: Path, synthetic_root: Path) -> None:
     result = CliRunner().invoke(
         client_group,
