@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dcam.client import files
 from dcam.client.files import HotFolder, list_files
 from dcam.client.heatmap import heatmap_path, product_scale, render_heatmap
-from dcam.client.results import Result, ResultWriter, compact, open_results, read_results
+from dcam.client.results import Result, ResultWriter, compact, latest_rows, open_results
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
 from dcam.core.cli import default, reports_errors
 from dcam.core.errors import ClientError, ConfigError
@@ -244,7 +244,9 @@ def score_command(
     if retry_failed and not resume:
         raise ConfigError("--retry-failed continues an output: give it with --resume")
     writer, done = open_results(out, resume, force, retry_failed)
-    paths = [p for p in list_files(Path(root), recursive, pattern) if os.fsdecode(p) not in done]
+    folders: list[Path] = []  # named like images but folders: reported, not scored
+    listed = list_files(Path(root), recursive, pattern, skipped=folders)
+    paths = [p for p in listed if os.fsdecode(p) not in done]
     hot = (
         HotFolder(Path(root), recursive, pattern, done | {os.fsdecode(p) for p in paths})
         if watch
@@ -265,6 +267,10 @@ def score_command(
             )
         )
     click.echo(tally.summary() + (f" (skipped {len(done)} already in {out})" if done else ""))
+    if folders:
+        names = ", ".join(os.fsdecode(f) for f in folders[:5])
+        names += ", ..." if len(folders) > 5 else ""
+        click.echo(f"skipped {len(folders)} folders named like images (not files): {names}")
     # The exit status is what the output holds: with --resume, failures kept from earlier runs
     # count too, and files scored now replace their earlier failed rows.
     failures = (
@@ -285,7 +291,7 @@ def score_command(
 def auroc_command(results: str) -> None:
     """Image AUROC and the served decisions' TPR/FPR of a results file whose paths sit in
     good/ or <defect>/ folders."""
-    rows = [r for r in read_results(Path(results)) if r.get("score") not in (None, "")]
+    rows = [r for r in latest_rows(Path(results)).values() if r.get("score") not in (None, "")]
     labels = np.array([Path(r["path"]).parent.name != "good" for r in rows])
     scores = np.array([float(r["score"]) for r in rows])
     flagged = np.array([str(r["is_anomalous"]).lower() == "true" for r in rows])

@@ -18,15 +18,25 @@ def _matches(path: Path, root: Path, pattern: str) -> bool:
     return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(path.name, pattern)
 
 
-def list_files(root: Path, recursive: bool = False, pattern: str = "*") -> list[Path]:
-    """Candidate image files under root, sorted; symlinked folders are not followed (no loops)."""
+def list_files(
+    root: Path, recursive: bool = False, pattern: str = "*", skipped: list[Path] | None = None
+) -> list[Path]:
+    """Candidate image files under root, sorted; symlinked folders are not followed (no loops).
+
+    Folders named like images (`x.png/`) are not inputs; they are added to `skipped`, if given,
+    so the caller can report them rather than drop them silently.
+    """
     found = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs.sort()
-        for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
+        for name in files + dirs:
             path = Path(folder) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and _matches(path, root, pattern):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not _matches(path, root, pattern):
+                continue
+            if name in files or path.is_symlink():
                 found.append(path)
+            elif skipped is not None:
+                skipped.append(path)
         if not recursive:
             break
     return sorted(found)

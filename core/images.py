@@ -7,6 +7,7 @@ raises ImageError.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
 def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     """Decode `path` to an (H, W, 3) uint8 RGB array, bilinearly resized to size x size if given.
 
@@ -44,7 +56,10 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # never open it: a FIFO blocks, /dev/zero is endless
+            raise ImageError(f"{path}: not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
         with Image.open(path) as img:
             if size is not None and img.format == "JPEG":

@@ -82,6 +82,11 @@ def _bad_corpus(folder: Path, good: Path) -> dict[str, bool]:
     cases["truncated.jpg"] = False
     os.symlink("loop.png", folder / "loop.png")
     cases["loop.png"] = False
+    os.mkfifo(folder / "fifo.png")  # opening it would block for ever
+    cases["fifo.png"] = False
+    os.symlink("/dev/zero", folder / "zero.png")  # reading it would never end
+    cases["zero.png"] = False
+    (folder / "folder.png").mkdir()  # named like an image, not a file: reported, not a row
     odd = os.fsdecode(b"caf\xe9-\xff.png")  # not UTF-8
     shutil.copy(good, folder / odd)
     cases[odd] = True
@@ -118,7 +123,11 @@ def test_bad_inputs_each_get_one_row(server, synthetic_root: Path, tmp_path: Pat
         if not ok:
             assert name in by_name[name]["error"] or "loop" in by_name[name]["error"]
     assert "too large" in by_name["huge_20000.png"]["error"]
-    assert "FAILED" in result.output
+    assert "not a regular file (a FIFO)" in by_name["fifo.png"]["error"]
+    assert "not a regular file (a character device)" in by_name["zero.png"]["error"]
+    assert all(r["retryable"] is False for r in rows if r["error"])  # all permanent
+    assert "skipped 1 folders named like images (not files):" in result.output
+    assert "folder.png" in result.output and "FAILED" in result.output
 
 
 def test_csv_output_and_heatmaps(server, synthetic_root: Path, tmp_path: Path) -> None:
