@@ -3,8 +3,9 @@
 Every configuration trains on the same generated multi-class data with the same budget, over
 several seeds. Writes `benchmarks/results/accuracy-<tag>.{json,md}`: per category and mean image
 AUROC, pixel AUROC and PRO (mean over seeds with the seed spread), and differences to STFPM.
-Offline the teacher is random or the shipped fractal teacher (`--teachers random,fractal`); both
-understate what an ImageNet teacher gives (see benchmarks/README.md).
+Offline the teacher is one of the shipped license-clean ones (`formula` by default, `fractal`)
+or random (`--teachers formula,random` compares them); all understate what an ImageNet teacher
+gives (see benchmarks/README.md).
 
 Run: `.venv/bin/python benchmarks/accuracy.py` (about 25 minutes on 2 CPU cores).
 """
@@ -53,8 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=7)
     p.add_argument(
         "--teachers",
-        default="random",
-        help="comma-separated teacher sources (random, fractal, imagenet) to compare",
+        default="formula",
+        help="comma-separated teacher sources (formula, fractal, random, imagenet) to compare",
     )
     p.add_argument("--teacher-weights", default=None)
     p.add_argument("--work", default="runs/bench-accuracy")
