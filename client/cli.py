@@ -20,7 +20,15 @@ from tqdm import tqdm
 from dcam.client import files
 from dcam.client.files import HotFolder, list_files
 from dcam.client.heatmap import heatmap_path, product_scale, render_heatmap
-from dcam.client.results import Result, ResultWriter, compact, latest_rows, open_results
+from dcam.client.results import (
+    Result,
+    ResultWriter,
+    compact,
+    has_error,
+    is_true,
+    latest_rows,
+    open_results,
+)
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
 from dcam.core.cli import default, reports_errors
 from dcam.core.errors import ClientError, ConfigError
@@ -274,7 +282,7 @@ def score_command(
     # The exit status is what the output holds: with --resume, failures kept from earlier runs
     # count too, and files scored now replace their earlier failed rows.
     failures = (
-        [(r["path"], r["error"]) for r in compact(out)]
+        [(r["path"], r["error"]) for r in compact(out) if has_error(r)]
         if resume
         else [(f.path, f.error) for f in tally.failures]
     )
@@ -294,7 +302,7 @@ def auroc_command(results: str) -> None:
     rows = [r for r in latest_rows(Path(results)).values() if r.get("score") not in (None, "")]
     labels = np.array([Path(r["path"]).parent.name != "good" for r in rows])
     scores = np.array([float(r["score"]) for r in rows])
-    flagged = np.array([str(r["is_anomalous"]).lower() == "true" for r in rows])
+    flagged = np.array([is_true(r["is_anomalous"]) for r in rows])
     value = auroc(labels, scores)
     tpr, fpr = 100 * flagged[labels].mean(), 100 * flagged[~labels].mean()
     click.echo(

@@ -126,8 +126,13 @@ def latest_rows(path: Path) -> dict[str, dict]:
     return latest
 
 
-def _truthy(value) -> bool:
-    return str(value).lower() == "true"  # JSON true, CSV "True"
+def is_true(value) -> bool:
+    """A boolean cell read back: JSON true, or CSV's "True"."""
+    return str(value).lower() == "true"
+
+
+def has_error(row: dict) -> bool:
+    return row.get("error") not in (None, "")
 
 
 def is_settled(row: dict, retry_failed: bool = False) -> bool:
@@ -137,12 +142,14 @@ def is_settled(row: dict, retry_failed: bool = False) -> bool:
     `retry_failed`. Rows written before errors were classified (no `retryable` field) count as
     transient when inference failed, the only error a server outage produced.
     """
-    if row.get("error") in (None, ""):
+    if not has_error(row):
         return True
+    if retry_failed:
+        return False
     retryable = row.get("retryable")
     if retryable in (None, ""):
-        return not str(row["error"]).startswith("inference failed") and not retry_failed
-    return not _truthy(retryable) and not retry_failed
+        return not str(row["error"]).startswith("inference failed")
+    return not is_true(retryable)
 
 
 def open_results(
@@ -160,13 +167,13 @@ def open_results(
         raise OutputExistsError(f"{path} exists; pass --resume to continue it or --force")
     done: set[str] = set()
     if resume and exists:
-        compact(path)  # one row per path, today's columns: appending cannot misalign a CSV
-        done = {p for p, row in latest_rows(path).items() if is_settled(row, retry_failed)}
+        # One row per path, today's columns: appending cannot misalign a CSV.
+        done = {row["path"] for row in compact(path) if is_settled(row, retry_failed)}
     return ResultWriter(path, append=resume), done
 
 
 def compact(path: Path) -> list[dict]:
-    """Rewrite `path` atomically with each path once (its latest row); return the failed rows."""
+    """Rewrite `path` atomically with each path once (its latest row); return those rows."""
     path = Path(path)
     rows = list(latest_rows(path).values())
 
@@ -181,7 +188,7 @@ def compact(path: Path) -> list[dict]:
                 text.write(json.dumps(row) + "\n")
 
     write_atomic(path, write)
-    return [r for r in rows if r.get("error") not in (None, "")]
+    return rows
 
 
 class _Text:
