@@ -3,8 +3,8 @@
 A class is `(family, parameters)`; `render_batch` draws fresh instances of any classes, grouping
 the batch by family. `mix` splits the classes evenly over all families, as the "Multi-Formula"
 set of Ugwu, Casarin and Lanz (2024, arXiv 2405.06980) mixes formulae; `a+b` mixes the named
-families only. A pure `fractal` set
-renders exactly as before this module existed, so the shipped fractal teacher stays reproducible.
+families only. A pure `fractal` set renders exactly as before this module existed, so the
+shipped fractal teacher stays reproducible.
 """
 
 from __future__ import annotations

@@ -41,14 +41,14 @@ class FractalClassifier(nn.Module):
         return self.head(self.features(self.normalize(images))[-1].mean(dim=(2, 3)))
 
 
-def _batches(cfg: PretrainConfig, systems: Classes, workers: int, pin: bool) -> Iterator:
+def _batches(cfg: PretrainConfig, classes: Classes, workers: int, pin: bool) -> Iterator:
     if cfg.instances_per_class is None:
-        dataset = FormulaDataset(systems, cfg.batch_size, cfg.image_size, cfg.seed)
+        dataset = FormulaDataset(classes, cfg.batch_size, cfg.image_size, cfg.seed)
         yield from torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, pin_memory=pin
         )
         return
-    images, labels = render_set(systems, cfg.instances_per_class, cfg.image_size, cfg.seed)
+    images, labels = render_set(classes, cfg.instances_per_class, cfg.image_size, cfg.seed)
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(cfg.seed)
     while True:
@@ -91,7 +91,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         else (min(16, (os.cpu_count() or 2) - 1) if cuda else 0)
     )
     torch.manual_seed(cfg.seed)
-    systems = make_classes(cfg.data, cfg.n_classes, cfg.seed)
+    classes = make_classes(cfg.data, cfg.n_classes, cfg.seed)
     model = FractalClassifier(cfg.backbone, cfg.n_classes).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -107,7 +107,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     start = time.perf_counter()
     bar = tqdm(total=cfg.max_images, unit="img", desc=f"{cfg.data} pretraining", dynamic_ncols=True)
     model.train()
-    batches = _batches(cfg, systems, workers, cuda)
+    batches = _batches(cfg, classes, workers, cuda)
     for images, labels in batches:
         progress = max(
             (time.perf_counter() - start) / (60 * cfg.minutes) if cfg.minutes else 0.0,
@@ -141,7 +141,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if seen == 0:
         raise DcamError("the budget ended before the first batch")
     seconds = time.perf_counter() - start
-    eval_images, eval_labels = render_set(systems, 10, cfg.image_size, cfg.seed + 1_000_003)
+    eval_images, eval_labels = render_set(classes, 10, cfg.image_size, cfg.seed + 1_000_003)
     accuracy = _accuracy(model, eval_images, eval_labels, device, amp)
     info = {
         "backbone": cfg.backbone,

@@ -42,7 +42,7 @@ def dead_leaves_class(rng: np.random.Generator) -> dict:
     shape = int(rng.integers(len(_SHAPES)))
     return {
         "shape": shape,
-        "aspect": 1.0 if shape == 0 else float(rng.uniform(1.0, 5.0)),
+        "aspect": 1.0 if shape == _SHAPES.index("disc") else float(rng.uniform(1.0, 5.0)),
         "angle": float(rng.uniform(0, np.pi)),
         "angle_spread": float(rng.choice([0.0, 0.3, np.pi])),  # aligned, loose, any
         "alpha": float(rng.uniform(1.5, 3.5)),  # radius density ∝ r^-alpha
@@ -85,7 +85,7 @@ def render_dead_leaves(classes: list[dict], rng: np.random.Generator, size: int)
         pal = c["palette"]
         colours[i] = pal[rng.integers(len(pal), size=k + 1)] + rng.normal(0, 10, (k + 1, 3))
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
-    aspect, rectangle = column("aspect"), column("shape") == 2
+    aspect, rectangle = column("aspect"), column("shape") == _SHAPES.index("rectangle")
     top = np.full((b, size, size), k, dtype=np.int64)  # the background: the last colour
     for j in range(k):  # back to front: later shapes occlude earlier ones
         dx = grid[None, None, :] - centre[:, j, 0, None, None]
@@ -146,8 +146,9 @@ def render_spectral(classes: list[dict], rng: np.random.Generator, size: int) ->
     fields -= fields.mean(axis=(2, 3), keepdims=True)
     fields /= fields.std(axis=(2, 3), keepdims=True) + 1e-6
     kind = np.array([c["nonlinear"] for c in classes])[:, None, None, None]
-    fields = np.where(kind == 1, 1.0 - 2.0 * np.abs(fields), fields)  # veins, marbling
-    fields = np.where(kind == 2, np.tanh(4.0 * fields), fields)  # hard-edged blobs and stripes
+    ridges, threshold = _NONLINEAR.index("ridges"), _NONLINEAR.index("threshold")
+    fields = np.where(kind == ridges, 1.0 - 2.0 * np.abs(fields), fields)  # veins, marbling
+    fields = np.where(kind == threshold, np.tanh(4.0 * fields), fields)  # hard-edged blobs
     mix = np.stack([c["mix"] * c["contrast"] for c in classes])  # (b, 3, 2)
     image = np.einsum("bcf,bfhw->bhwc", mix, fields)
     image += np.stack([c["mean"] for c in classes])[:, None, None, :]

@@ -114,7 +114,8 @@ def _d(name: str):
     "--calibration",
     type=click.Choice(CALIBRATION_METHODS),
     default=_d("calibration"),
-    help="Threshold rule: gumbel (extreme-value fit to held-out scores) or quantile.",
+    help="Threshold rule: gumbel (extreme-value fit to held-out scores), quantile, or f1 "
+    "(best F1 on synthetic anomalies).",
 )
 @click.option(
     "--target-fpr",
