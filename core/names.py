@@ -22,3 +22,10 @@ CALIBRATE_MODEL = "calibrate"
 def feature_name(role: str, level: str) -> str:
     """The ensemble tensor carrying one network's features of one level, e.g. teacher_layer1."""
     return f"{role}_{level}"
+
+
+# The request header that carries the key to Triton's restricted APIs (lower case: gRPC metadata
+# keys are). `dcam-serve` restricts them to it; `dcam-client --api-key` sends it. Triton expects
+# it on gRPC with a prefix: "triton-grpc-protocol-dcam-api-key".
+API_KEY_HEADER = "dcam-api-key"
+GRPC_RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"

@@ -14,8 +14,12 @@ from pathlib import Path
 import click
 
 from dcam.core.cli import default, reports_errors
-from dcam.core.errors import ServerError
+from dcam.core.errors import ConfigError, ServerError
+from dcam.core.network import is_loopback
+from dcam.serve.security import RESTRICTED_APIS, GrpcTls
 from dcam.serve.server import ServerConfig, TritonServer
+
+_FILE = click.Path(dir_okay=False, exists=True)
 
 
 @click.command(context_settings={"show_default": True})
@@ -26,6 +30,22 @@ from dcam.serve.server import ServerConfig, TritonServer
 @click.option("--metrics-port", type=int, default=8002)
 @click.option("--ready-timeout", type=float, default=default(ServerConfig, "ready_timeout_s"))
 @click.option("--log-verbose", type=int, default=default(ServerConfig, "log_verbose"))
+@click.option(
+    "--api-key",
+    envvar="DCAM_API_KEY",
+    default=None,
+    help=f"Key to the control APIs ({', '.join(RESTRICTED_APIS)}), sent by clients as a header. "
+    "Without one they are open on loopback and refused on any other address. "
+    "Prefer the DCAM_API_KEY environment variable to the flag.",
+)
+@click.option("--grpc-server-cert", type=_FILE, default=None, help="PEM certificate: gRPC TLS.")
+@click.option("--grpc-server-key", type=_FILE, default=None, help="PEM private key: gRPC TLS.")
+@click.option(
+    "--grpc-root-cert",
+    type=_FILE,
+    default=None,
+    help="PEM CA that client certificates must chain to: mutual TLS.",
+)
 @reports_errors
 def serve_command(
     repo: str,
@@ -35,11 +55,29 @@ def serve_command(
     metrics_port: int,
     ready_timeout: float,
     log_verbose: int,
+    api_key: str | None,
+    grpc_server_cert: str | None,
+    grpc_server_key: str | None,
+    grpc_root_cert: str | None,
 ) -> None:
-    """Serve REPO with the tritonserver from the nvidia-pytriton wheel until Ctrl-C/SIGTERM."""
+    """Serve REPO with the tritonserver from the nvidia-pytriton wheel until Ctrl-C/SIGTERM.
+
+    gRPC uses TLS when given a certificate and key; HTTP, which Triton serves without TLS, then
+    binds 127.0.0.1 only.
+    """
     config = ServerConfig(
-        Path(repo), host, http_port, grpc_port, metrics_port, ready_timeout, log_verbose
+        Path(repo),
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        ready_timeout_s=ready_timeout,
+        log_verbose=log_verbose,
+        api_key=api_key,
+        grpc_tls=_tls(grpc_server_cert, grpc_server_key, grpc_root_cert),
     )
+    for line in exposure_notes(config):
+        click.echo(line)
     server = TritonServer(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,3 +101,29 @@ def serve_command(
         if server.freed_at_stop.regions:
             click.echo(f"freed {server.freed_at_stop.describe()}")
     click.echo("tritonserver stopped")
+
+
+def _tls(cert: str | None, key: str | None, client_ca: str | None) -> GrpcTls | None:
+    if cert is None and key is None and client_ca is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("gRPC TLS needs both --grpc-server-cert and --grpc-server-key")
+    return GrpcTls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+
+
+def exposure_notes(config: ServerConfig) -> list[str]:
+    """What a bind beyond loopback exposes, said before the server starts."""
+    if is_loopback(config.host):
+        return []
+    notes = []
+    if config.api_key is None:
+        notes.append(
+            f"control APIs ({', '.join(RESTRICTED_APIS)}) refused on {config.host}: "
+            "no --api-key given"
+        )
+    if config.grpc_tls is None:
+        notes.append(
+            f"gRPC and HTTP are plain text on {config.host}; "
+            "--grpc-server-cert and --grpc-server-key turn on TLS for gRPC"
+        )
+    return notes

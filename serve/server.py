@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcam.core.errors import ServerError
+from dcam.serve.security import GrpcTls, restricted_api_args
 from dcam.serve.shm import Freed, remove_stale_regions
+
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # bound to all: dial loopback
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class ServerConfig:
     metrics_port: int = 0
     ready_timeout_s: float = 120.0
     log_verbose: int = 0
+    api_key: str | None = None  # the key to the control APIs (serve/security.py)
+    grpc_tls: GrpcTls | None = None  # TLS on gRPC; plain HTTP then binds loopback only
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -83,6 +88,12 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def _dialable(host: str) -> str:
+    """The address a local client dials for a server bound to `host` (IPv6 in brackets)."""
+    host = WILDCARDS.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 def _is_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
@@ -107,12 +118,24 @@ class TritonServer:
         self.freed_at_start = self.freed_at_stop = Freed()
 
     @property
+    def http_host(self) -> str:
+        """HTTP has no TLS in Triton: with TLS on gRPC it stays on loopback (probes, local use)."""
+        return "127.0.0.1" if self.config.grpc_tls is not None else self.config.host
+
+    @property
     def http_url(self) -> str:
-        return f"{self.config.host}:{self.ports['http']}"
+        return f"{_dialable(self.http_host)}:{self.ports['http']}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.config.host}:{self.ports['grpc']}"
+        return f"{_dialable(self.config.host)}:{self.ports['grpc']}"
+
+    def security_args(self) -> list[str]:
+        """Restricted control APIs and gRPC TLS, as `serve/security.py` decides them."""
+        args = restricted_api_args(self.config.host, self.config.api_key)
+        if self.config.grpc_tls is not None:
+            args += self.config.grpc_tls.args()
+        return args
 
     def start(self) -> TritonServer:
         repo = Path(self.config.repository)
@@ -128,7 +151,7 @@ class TritonServer:
             f"--model-repository={repo.resolve()}",
             f"--backend-directory={runtime / 'backends'}",
             f"--cache-directory={runtime / 'caches'}",
-            f"--http-address={self.config.host}",
+            f"--http-address={self.http_host}",
             f"--http-port={self.ports['http']}",
             f"--grpc-address={self.config.host}",
             f"--grpc-port={self.ports['grpc']}",
@@ -138,6 +161,7 @@ class TritonServer:
             f"--log-verbose={self.config.log_verbose}",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *self.security_args(),
             *self.config.extra_args,
         ]
         log = self.log_path.open("wb")

@@ -1,0 +1,28 @@
+"""Addresses: is a host reachable only from this machine? Shared by the server (what it exposes
+beyond loopback) and the client (whether shared memory with the server can work)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` resolves to is a loopback address (127/8, ::1).
+
+    A wildcard (0.0.0.0, ::) or a name that cannot be resolved counts as reachable from outside.
+    """
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None)
+    except socket.gaierror:
+        return False
+    addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+    return bool(addresses) and all(a.is_loopback for a in addresses)
+
+
+def url_host(url: str) -> str:
+    """The host of `host:port`, `[v6]:port` or `scheme://host:port`."""
+    rest = url.split("://", 1)[-1].lstrip("/")  # dns:///name:port has an empty authority
+    if rest.startswith("["):
+        return rest[1 : rest.index("]")]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
