@@ -30,6 +30,8 @@ from dcam.client.results import (
     open_results,
 )
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
+from dcam.client.transport import ClientTls
+from dcam.client.triton import SHM_MODES
 from dcam.core.cli import default, reports_errors
 from dcam.core.errors import ClientError, ConfigError
 from dcam.core.images import load_image
@@ -92,6 +94,8 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     try:
         await scorer.start()
+        for note in scorer.pool.notes:
+            click.echo(note, err=True)
         if heatmaps is not None and scorer.scoring is None:
             raise ClientError(
                 f"model {cfg.model!r} publishes no calibration (built by an older dcam-build), "
@@ -129,6 +133,15 @@ def client_group() -> None:
 
 def _d(name: str):
     return default(ScoreConfig, name)
+
+
+_FILE = click.Path(dir_okay=False, exists=True)
+
+
+def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> ClientTls | None:
+    if not (on or root or cert or key):
+        return None
+    return ClientTls(*(Path(p) if p else None for p in (root, cert, key)))
 
 
 @client_group.command("score", context_settings={"show_default": True})
@@ -202,6 +215,23 @@ def _d(name: str):
     is_flag=True,
     help="With --resume, also score again files whose error was permanent (e.g. undecodable).",
 )
+@click.option(
+    "--shared-memory",
+    type=click.Choice(SHM_MODES),
+    default=_d("shared_memory"),
+    help="Images through /dev/shm instead of the wire: auto (servers on loopback), system (all; "
+    "a refusal is an error), none.",
+)
+@click.option("--tls", is_flag=True, help="gRPC over TLS, trusting the system's CAs.")
+@click.option("--tls-root-cert", type=_FILE, default=None, help="PEM CA to trust (implies --tls).")
+@click.option("--tls-cert", type=_FILE, default=None, help="PEM client certificate: mutual TLS.")
+@click.option("--tls-key", type=_FILE, default=None, help="PEM key of --tls-cert.")
+@click.option(
+    "--api-key",
+    envvar="DCAM_API_KEY",
+    default=None,
+    help="Key to the server's restricted APIs (dcam-serve --api-key); prefer DCAM_API_KEY.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 @click.option("--watch", is_flag=True, help="Keep scoring new files as they land (Ctrl-C ends).")
 @reports_errors
@@ -227,6 +257,12 @@ def score_command(
     timeout: float,
     retries: int,
     ready_timeout: float,
+    shared_memory: str,
+    tls: bool,
+    tls_root_cert: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    api_key: str | None,
 ) -> None:
     """Score every image under --dir; exit status 1 if any file failed."""
     out = Path(output)
@@ -243,6 +279,9 @@ def score_command(
         threshold=threshold,
         keep_maps=heatmaps is not None,
         category=category,
+        shared_memory=shared_memory,
+        tls=_tls(tls, tls_root_cert, tls_cert, tls_key),
+        api_key=api_key,
     )
     if category and category_from_path:
         raise ConfigError("give --category or --category-from-path, not both")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dcam.client.results import Result
+from dcam.client.transport import ClientTls
 from dcam.client.triton import ServerPool
 from dcam.core.errors import ClientError, ConfigError, ImageError, RetryableError
 from dcam.core.images import load_image
@@ -40,6 +41,9 @@ class ScoreConfig:
     threshold: float | None = None  # overrides the deployed threshold
     keep_maps: bool = False  # return anomaly maps (for heatmaps)
     category: str | None = None  # the product every image is; None: the global calibration
+    shared_memory: str = "auto"  # auto: through /dev/shm to servers on loopback; system; none
+    tls: ClientTls | None = None  # gRPC over TLS
+    api_key: str | None = None  # sent as the header that unlocks restricted APIs
 
 
 def _decode(path: Path, size: int) -> np.ndarray | str:
@@ -79,7 +83,13 @@ class Scorer:
             raise ConfigError("batch_size and concurrency must be at least 1")
         self.config = config
         self.pool = ServerPool(
-            list(config.urls), config.protocol, config.model, config.timeout_s, config.retries
+            list(config.urls),
+            config.protocol,
+            config.model,
+            config.timeout_s,
+            config.retries,
+            tls=config.tls,
+            api_key=config.api_key,
         )
         self.decoders = ThreadPoolExecutor(config.workers, thread_name_prefix="dcam-decode")
         self.size: tuple[int, int] | None = None
@@ -91,6 +101,10 @@ class Scorer:
             raise ClientError(f"model input {spec.height}x{spec.width} is not square")
         self.size = (spec.height, spec.width)
         self.scoring = spec.scoring
+        batch_bytes = self.config.batch_size * spec.height * spec.width * 3  # UINT8 RGB
+        await self.pool.use_shared_memory(
+            self.config.shared_memory, self.config.concurrency, batch_bytes
+        )
 
     async def close(self) -> None:
         await self.pool.close()

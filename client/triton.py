@@ -18,12 +18,12 @@ import grpc
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from dcam.client.shm import Region, RegionPool, is_stale
+from dcam.client.transport import ClientTls, api_key_headers
 from dcam.core.errors import ClientError, RetryableError
 from dcam.core.names import IMAGE, OUTPUTS
-from dcam.core.scoring import (
-    SCORING_PARAMETER,
-    ScoringSpec,
-)
+from dcam.core.network import is_loopback, url_host
+from dcam.core.scoring import SCORING_PARAMETER, ScoringSpec
 
 # What tritonclient reports as InferenceServerException.status() for a server that is down,
 # restarting, overloaded (a full queue) or too slow: worth another try. Anything else (a bad
@@ -48,6 +48,9 @@ RETRYABLE_STATUS = {
         )
     ),
 }
+
+
+SHM_MODES = ("auto", "system", "none")  # client --shared-memory: see ServerPool.use_shared_memory
 
 
 def _client_module(protocol: str):
@@ -82,13 +85,22 @@ class ModelSpec:
 class Server:
     """One Triton endpoint with its async client and health state."""
 
-    def __init__(self, url: str, protocol: str) -> None:
+    def __init__(
+        self, url: str, protocol: str, tls: ClientTls | None = None, api_key: str | None = None
+    ) -> None:
         self.url = url
         self.protocol = protocol
         self.module = _client_module(protocol)
-        self.client = self.module.InferenceServerClient(url)
+        if tls is not None and protocol != "grpc":
+            raise ClientError("Triton serves TLS on gRPC only: use --protocol grpc with TLS")
+        kwargs = tls.grpc_kwargs() if tls is not None else {}
+        self.client = self.module.InferenceServerClient(url, **kwargs)
+        self.headers = api_key_headers(api_key, protocol)
         self.down_until = 0.0
         self.failures = 0
+        self.shm: list[Region] = []  # regions this server reads requests from (same host)
+        self.shm_stale = False  # re-register before the next request (the server may be new)
+        self._registering = asyncio.Lock()  # concurrent requests register once
 
     @property
     def up(self) -> bool:
@@ -96,6 +108,7 @@ class Server:
 
     def mark_down(self, backoff_s: float) -> None:
         self.failures += 1
+        self.shm_stale = bool(self.shm)
         self.down_until = time.monotonic() + min(backoff_s * 2 ** (self.failures - 1), 30.0)
 
     def mark_up(self) -> None:
@@ -104,8 +117,8 @@ class Server:
 
     async def ready(self, model: str) -> bool:
         try:
-            return bool(await self.client.is_server_ready()) and bool(
-                await self.client.is_model_ready(model)
+            return bool(await self.client.is_server_ready(headers=self.headers)) and bool(
+                await self.client.is_model_ready(model, headers=self.headers)
             )
         except Exception:
             return False
@@ -113,16 +126,48 @@ class Server:
     async def scoring_spec(self, model: str) -> ScoringSpec | None:
         """The scoring record the served model publishes in its config (None: not published)."""
         if self.protocol == "grpc":
-            config = (await self.client.get_model_config(model, as_json=True))["config"]
+            reply = await self.client.get_model_config(model, headers=self.headers, as_json=True)
+            config = reply["config"]
         else:
-            config = await self.client.get_model_config(model)
+            config = await self.client.get_model_config(model, headers=self.headers)
         value = config.get("parameters", {}).get(SCORING_PARAMETER, {}).get("string_value")
         return ScoringSpec.from_json(value) if value else None
 
     async def metadata(self, model: str) -> dict:
         if self.protocol == "grpc":
-            return await self.client.get_model_metadata(model, as_json=True)
-        return await self.client.get_model_metadata(model)
+            return await self.client.get_model_metadata(model, headers=self.headers, as_json=True)
+        return await self.client.get_model_metadata(model, headers=self.headers)
+
+    async def _region_names(self) -> set[str]:
+        status = await self.client.get_system_shared_memory_status(headers=self.headers)
+        if self.protocol == "grpc":  # SystemSharedMemoryStatusResponse: regions keyed by name
+            return set(status.regions)
+        return {region["name"] for region in status}
+
+    async def register(self, regions: list[Region]) -> None:
+        """Register `regions` (again: a restarted server has forgotten them), after removing the
+        registrations of dcam clients on this host that died."""
+        known = await self._region_names()
+        for name in {n for n in known if is_stale(n)} | {r.name for r in regions} & known:
+            await self.client.unregister_system_shared_memory(name, headers=self.headers)
+        for region in regions:
+            await self.client.register_system_shared_memory(
+                region.name, region.key, region.size, headers=self.headers
+            )
+        self.shm, self.shm_stale = regions, False
+
+    async def holds(self, region: Region) -> bool:
+        """Whether the server still has `region` registered (False after a restart)."""
+        try:
+            return region.name in await self._region_names()
+        except Exception:
+            return False
+
+    async def unregister(self) -> None:
+        with contextlib.suppress(Exception):  # a server that is gone has forgotten them anyway
+            for region in self.shm:
+                await self.client.unregister_system_shared_memory(region.name, headers=self.headers)
+        self.shm = []
 
     async def infer(
         self,
@@ -131,14 +176,23 @@ class Server:
         parameters: dict,
         timeout_s: float,
         names: tuple[str, ...] = OUTPUTS,
+        region: Region | None = None,
     ) -> dict[str, np.ndarray]:
+        """One request; the images go through `region` where this server reads shared memory."""
         image = self.module.InferInput(IMAGE, list(images.shape), "UINT8")
-        image.set_data_from_numpy(images)
+        if region is not None and self.shm:
+            async with self._registering:
+                if self.shm_stale:
+                    await self.register(self.shm)
+            image.set_shared_memory(region.name, region.write(images))
+        else:
+            image.set_data_from_numpy(images)
         outputs = [self.module.InferRequestedOutput(name) for name in names]
         params = parameters or None
-        result = await asyncio.wait_for(
-            self.client.infer(model, [image], outputs=outputs, parameters=params), timeout_s
+        request = self.client.infer(
+            model, [image], outputs=outputs, parameters=params, headers=self.headers
         )
+        result = await asyncio.wait_for(request, timeout_s)
         return {name: result.as_numpy(name) for name in names}
 
     async def close(self) -> None:
@@ -177,13 +231,48 @@ class ServerPool:
         timeout_s: float,
         retries: int,
         backoff_s: float = 0.5,
+        tls: ClientTls | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not urls:
             raise ClientError("give at least one server URL")
-        self.servers = [Server(u, protocol) for u in urls]
+        self.servers = [Server(u, protocol, tls, api_key) for u in urls]
         self.model, self.timeout_s = model, timeout_s
         self.retries, self.backoff_s = retries, backoff_s
         self._next = 0
+        self.regions: RegionPool | None = None
+        self.notes: list[str] = []  # for the user: which servers read shared memory, and why not
+
+    async def use_shared_memory(self, mode: str, count: int, size: int) -> None:
+        """Send images through `count` shared-memory regions of `size` bytes.
+
+        mode "auto": to the servers on loopback addresses; one that refuses (a container without
+        this host's /dev/shm) gets them over the wire, and `notes` says so. "system": to every
+        server; a refusal is an error. "none": over the wire only.
+        """
+        if mode not in SHM_MODES:
+            raise ClientError(f"shared memory mode {mode!r}: choose one of {', '.join(SHM_MODES)}")
+        local = [
+            s
+            for s in self.servers
+            if mode == "system" or (mode == "auto" and is_loopback(url_host(s.url)))
+        ]
+        if not local:
+            return
+        self.regions = RegionPool(count, size)
+        for server in local:
+            if not server.up:  # not ready yet: registered before its first request
+                server.shm, server.shm_stale = self.regions.regions, True
+                continue
+            try:
+                await server.register(self.regions.regions)
+            except Exception as exc:
+                if mode == "system":
+                    raise ClientError(f"{server.url} refused shared memory: {exc}") from exc
+                note = f"{server.url}: shared memory refused, images over the wire: {exc}"
+                self.notes.append(note)
+                continue
+            self.notes.append(f"{server.url}: images through shared memory")
 
     async def wait_ready(self, timeout_s: float) -> ModelSpec:
         """Wait until at least one server has the model ready; check its metadata."""
@@ -231,23 +320,30 @@ class ServerPool:
         (at most 30 s) and the next attempt goes to a healthy server or waits for one.
         """
         last: BaseException | None = None
-        for _ in range(self.retries + 1):
-            server = await self._next_up()
-            try:
-                outputs = await server.infer(
-                    self.model, images, parameters or {}, self.timeout_s, names
-                )
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise ClientError(f"{server.url}: {exc}") from exc
-                last = exc
-                server.mark_down(self.backoff_s)
-                continue
-            server.mark_up()
-            return outputs
+        async with self.regions.hold() if self.regions else contextlib.nullcontext() as region:
+            for _ in range(self.retries + 1):
+                server = await self._next_up()
+                try:
+                    outputs = await server.infer(
+                        self.model, images, parameters or {}, self.timeout_s, names, region
+                    )
+                except Exception as exc:
+                    last = exc
+                    if is_retryable(exc):
+                        server.mark_down(self.backoff_s)
+                    elif region is not None and server.shm and not await server.holds(region):
+                        server.shm_stale = True  # restarted between two requests: register again
+                    else:
+                        raise ClientError(f"{server.url}: {exc}") from exc
+                    continue
+                server.mark_up()
+                return outputs
         raise RetryableError(
             f"gave up after {self.retries + 1} attempts: {type(last).__name__}: {last}"
         )
 
     async def close(self) -> None:
+        await asyncio.gather(*(s.unregister() for s in self.servers if s.shm))
         await asyncio.gather(*(s.close() for s in self.servers))
+        if self.regions is not None:
+            self.regions.close()

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from click.testing import CliRunner
 from PIL import Image
 
 from dcam.build.verify import reference_outputs
+from dcam.client import shm
 from dcam.client.cli import client_group
 from dcam.client.results import read_results
 from dcam.client.score import ScoreConfig, Scorer, score_paths
@@ -351,11 +353,17 @@ def test_watch_scores_files_as_they_land(server, synthetic_root: Path, tmp_path:
             "part-1.png",
             "part-2.png",
         ]
+        regions = f"{shm.PREFIX}-{proc.pid}-"
+        assert any(p.name.startswith(regions) for p in shm.SHM_DIR.iterdir())  # through /dev/shm
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
-    assert "files 3" in output
+    assert "files 3" in output and "images through shared memory" in output
+    # Ctrl-C unregistered the regions from the server and removed them from /dev/shm.
+    status = grpcclient.InferenceServerClient(server.grpc_url).get_system_shared_memory_status()
+    assert not [n for n in status.regions if n.startswith(regions)]
+    assert not [p for p in shm.SHM_DIR.iterdir() if p.name.startswith(regions)]
 
 
 def test_client_never_imports_torch() -> None:
