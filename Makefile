@@ -12,7 +12,7 @@ DEMO_METRICS ?= 18002
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
 
-.PHONY: setup demo test lint fix bench-accuracy bench-throughput smoke-gpu clean
+.PHONY: setup demo test lint fix bench-accuracy bench-throughput bench-transport bench-soak smoke-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,12 @@ bench-accuracy: setup
 
 bench-throughput: setup
 	$(BIN)/python benchmarks/throughput.py
+
+bench-transport: setup
+	$(BIN)/python benchmarks/client_transport.py
+
+bench-soak: setup
+	$(BIN)/python benchmarks/soak.py
 
 smoke-gpu: setup
 	$(BIN)/python benchmarks/gpu_check.py --device cpu --smoke --out /tmp/gpu_check_smoke.json
