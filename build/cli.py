@@ -56,6 +56,19 @@ def build_group() -> None:
 @click.option(
     "--queue-delay-us", type=int, default=_d("queue_delay_us"), help="Dynamic batching delay."
 )
+@click.option(
+    "--queue-timeout-ms",
+    type=int,
+    default=_d("queue_timeout_ms"),
+    help="Reject a request that waited this long in an image-taking model's queue (0: never).",
+)
+@click.option(
+    "--max-queue-size",
+    type=int,
+    default=_d("max_queue_size"),
+    help="Reject requests beyond this many queued (0: unbounded; needs a Triton newer than the "
+    "embedded 2.51, which dcam-serve refuses it on).",
+)
 @click.option("--instances", type=int, default=_d("instances"), help="Instances per model.")
 @click.option(
     "--threads",

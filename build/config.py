@@ -24,6 +24,14 @@ class BuildConfig:
     opt_batch_size: int = 8  # TensorRT profile optimum and Triton's preferred batch size
     min_batch_size: int = 1
     queue_delay_us: int = 2000  # bounded wait for dynamic batching to fill a batch
+    # Longest a request waits in an image-taking model's queue before Triton rejects it (gRPC
+    # UNAVAILABLE, which the client retries with back-off); 0: unbounded. 4x the p99 latency of
+    # the default client load (batch 8, 4 in flight: 691 ms at 256 px on 2 CPU cores,
+    # benchmarks/README.md), so only a server far behind rejects. Requests may override it.
+    queue_timeout_ms: int = 3000
+    # Requests a queue holds before rejecting new ones; 0: unbounded. The embedded tritonserver
+    # 2.51 crashes when an ensemble step rejects for it (core#466), so dcam-serve refuses it.
+    max_queue_size: int = 0
     instances: int = 1  # instances per model
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0: cores / sessions
     workspace_mib: int = 4096  # TensorRT builder workspace
@@ -48,8 +56,10 @@ class BuildConfig:
                 f"{self.min_batch_size}, {self.opt_batch_size}, "
                 f"{self.max_batch_size}"
             )
-        if self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
+        if self.instances < 1 or min(self.queue_delay_us, self.threads) < 0:
             raise ConfigError("instances must be >= 1, queue_delay_us and threads >= 0")
+        if min(self.queue_timeout_ms, self.max_queue_size) < 0:
+            raise ConfigError("queue_timeout_ms and max_queue_size must be >= 0 (0: unbounded)")
 
     def timing_cache_path(self) -> Path:
         """Where TensorRT's timing cache persists between builds: beside OUT, never inside the

@@ -91,7 +91,20 @@ def model_config(
         config.parameters[key].string_value = value
     if io["inputs"][0]["dtype"] == "uint8":
         _warmup(config, io["inputs"][0])
+        _queue_policy(config, cfg)
     return config
+
+
+def _queue_policy(config: mc.ModelConfig, cfg: BuildConfig) -> None:
+    """Bound the queue where requests enter (the image-taking models): later steps only ever
+    see what the first one admitted, and rejecting there wastes no computation."""
+    if not (cfg.queue_timeout_ms or cfg.max_queue_size):
+        return
+    policy = config.dynamic_batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = cfg.queue_timeout_ms * 1000
+    policy.allow_timeout_override = True  # a request's own `timeout` may shorten or lengthen it
+    policy.max_queue_size = cfg.max_queue_size
 
 
 def postprocess_io(manifest: Manifest, teacher_io: dict) -> dict:

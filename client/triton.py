@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -99,7 +100,8 @@ class Server:
         self.down_until = 0.0
         self.failures = 0
         self.shm: list[Region] = []  # regions this server reads requests from (same host)
-        self.shm_stale = False  # re-register before the next request (the server may be new)
+        self.shm_stale = False  # re-register before the next request (the server forgot them)
+        self.shm_generation = 0  # registrations so far: a request tells if one came after it
         self._registering = asyncio.Lock()  # concurrent requests register once
 
     @property
@@ -107,8 +109,12 @@ class Server:
         return time.monotonic() >= self.down_until
 
     def mark_down(self, backoff_s: float) -> None:
+        """Out for backoff_s * 2^(failures - 1), at most 30 s. Requests in flight when it went
+        down fail together (an overload rejects a burst): they count as one failure, or 16
+        rejections would back off for 30 s instead of 0.5."""
+        if not self.up:
+            return
         self.failures += 1
-        self.shm_stale = bool(self.shm)
         self.down_until = time.monotonic() + min(backoff_s * 2 ** (self.failures - 1), 30.0)
 
     def mark_up(self) -> None:
@@ -155,13 +161,27 @@ class Server:
                 region.name, region.key, region.size, headers=self.headers
             )
         self.shm, self.shm_stale = regions, False
+        self.shm_generation += 1
 
-    async def holds(self, region: Region) -> bool:
-        """Whether the server still has `region` registered (False after a restart)."""
+    async def ensure_registered(self) -> int:
+        """Register the regions if the server forgot them; the registration generation."""
+        async with self._registering:
+            if self.shm_stale:
+                await self.register(self.shm)
+        return self.shm_generation
+
+    async def forgot(self, region: Region, generation: int) -> bool:
+        """After a request through `region` failed: did the server forget the regions (a restart
+        between two requests)? Then the next request registers them again. True too when they
+        were registered again since the request was sent (another request found them gone)."""
+        if generation != self.shm_generation:
+            return True
         try:
-            return region.name in await self._region_names()
+            known = region.name in await self._region_names()
         except Exception:
-            return False
+            return False  # cannot tell: the request's own error stands
+        self.shm_stale = self.shm_stale or not known
+        return not known
 
     async def unregister(self) -> None:
         with contextlib.suppress(Exception):  # a server that is gone has forgotten them anyway
@@ -181,9 +201,6 @@ class Server:
         """One request; the images go through `region` where this server reads shared memory."""
         image = self.module.InferInput(IMAGE, list(images.shape), "UINT8")
         if region is not None and self.shm:
-            async with self._registering:
-                if self.shm_stale:
-                    await self.register(self.shm)
             image.set_shared_memory(region.name, region.write(images))
         else:
             image.set_data_from_numpy(images)
@@ -308,7 +325,9 @@ class ServerPool:
         """The next healthy server, waiting out the shortest back-off when all are down."""
         while (server := self._pick()) is None:
             wait = min(s.down_until for s in self.servers) - time.monotonic()
-            await asyncio.sleep(max(wait, 0.05))
+            # Jitter: the requests that waited do not all return in the same instant and
+            # overload the server again (a thundering herd).
+            await asyncio.sleep(max(wait, 0.05) + random.uniform(0, self.backoff_s))
         return server
 
     async def infer(
@@ -323,7 +342,10 @@ class ServerPool:
         async with self.regions.hold() if self.regions else contextlib.nullcontext() as region:
             for _ in range(self.retries + 1):
                 server = await self._next_up()
+                generation = server.shm_generation
                 try:
+                    if region is not None and server.shm:
+                        generation = await server.ensure_registered()
                     outputs = await server.infer(
                         self.model, images, parameters or {}, self.timeout_s, names, region
                     )
@@ -331,9 +353,7 @@ class ServerPool:
                     last = exc
                     if is_retryable(exc):
                         server.mark_down(self.backoff_s)
-                    elif region is not None and server.shm and not await server.holds(region):
-                        server.shm_stale = True  # restarted between two requests: register again
-                    else:
+                    elif not (region and server.shm and await server.forgot(region, generation)):
                         raise ClientError(f"{server.url}: {exc}") from exc
                     continue
                 server.mark_up()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcam.core.errors import ServerError
+from dcam.serve.compat import check_embedded_server_can_serve
 from dcam.serve.security import GrpcTls, restricted_api_args
 from dcam.serve.shm import Freed, remove_stale_regions
 
@@ -141,6 +142,7 @@ class TritonServer:
         repo = Path(self.config.repository)
         if not repo.is_dir():
             raise ServerError(f"model repository {repo} does not exist")
+        check_embedded_server_can_serve(repo)
         for name, port in self.ports.items():
             if port_in_use(self.config.host, port):
                 raise ServerError(f"{name} port {port} on {self.config.host} is already in use")

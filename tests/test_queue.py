@@ -1,0 +1,126 @@
+"""Bounded queues: the build writes a queue timeout on the models requests enter, the real
+server rejects what waited too long, the client retries it, and dcam-serve refuses the queue-size
+bound that crashes the embedded server (Triton core#466)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpc_sync
+import tritonclient.grpc.aio as grpc_aio
+from click.testing import CliRunner
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from dcam.build.config import BuildConfig
+from dcam.client.cli import client_group
+from dcam.client.results import latest_rows
+from dcam.core.errors import ConfigError, ServerError
+from dcam.serve.compat import read_configs
+from dcam.serve.server import ServerConfig, TritonServer
+
+
+def _rewrite(repo: Path, model: str, edit) -> None:
+    path = repo / model / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    edit(config.dynamic_batching.default_queue_policy)
+    path.write_text(text_format.MessageToString(config))
+
+
+def test_requests_enter_through_a_timed_queue_and_only_there(ensemble_repo: Path) -> None:
+    configs = read_configs(ensemble_repo)
+    for name in ("teacher", "student"):
+        batching = configs[name].dynamic_batching
+        assert batching.HasField("default_queue_policy")
+        policy = batching.default_queue_policy
+        assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+        assert policy.default_timeout_microseconds == BuildConfig.queue_timeout_ms * 1000
+        assert policy.allow_timeout_override and policy.max_queue_size == 0
+    # Later steps only see what the first admitted: no policy there.
+    assert not configs["postprocess"].dynamic_batching.HasField("default_queue_policy")
+    with pytest.raises(ConfigError):
+        BuildConfig(run_dir="", out="", max_queue_size=-1)
+
+
+@pytest.mark.triton
+def test_queue_size_bound_on_an_ensemble_step_is_refused(ensemble_repo: Path, tmp_path: Path):
+    repo = shutil.copytree(ensemble_repo, tmp_path / "repo")
+    _rewrite(repo, "teacher", lambda policy: setattr(policy, "max_queue_size", 4))
+    with pytest.raises(ServerError, match="core#466"):
+        TritonServer(ServerConfig(repo)).start()
+
+
+def _failures(url: str) -> int:
+    """Requests the `dcam` ensemble failed (rejected ones included), from Triton's statistics."""
+    stats = grpc_sync.InferenceServerClient(url).get_inference_statistics("dcam")
+    return stats.model_stats[0].inference_stats.fail.count
+
+
+async def _flood(url: str, requests: int) -> list[tuple[str, float]]:
+    """`requests` batches of 8 at once; (outcome, seconds) each."""
+    client = grpc_aio.InferenceServerClient(url)
+
+    async def one() -> tuple[str, float]:
+        image = grpc_aio.InferInput("IMAGE", [8, 64, 64, 3], "UINT8")
+        image.set_data_from_numpy(np.zeros((8, 64, 64, 3), np.uint8))
+        start = time.perf_counter()
+        try:
+            await client.infer("dcam", [image])
+            return "ok", time.perf_counter() - start
+        except Exception as exc:
+            return f"{exc.status()} {exc.message()}", time.perf_counter() - start
+
+    try:
+        return await asyncio.gather(*(one() for _ in range(requests)))
+    finally:
+        await client.close()
+
+
+async def _flood_for(url: str, seconds: float) -> int:
+    """Floods of 48 batches until `seconds` have passed; how many requests were rejected."""
+    end, rejected = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        rejected += sum(kind != "ok" for kind, _ in await _flood(url, 48))
+    return rejected
+
+
+@pytest.mark.triton
+def test_overload_is_rejected_and_every_file_still_scored_once(
+    ensemble_repo: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    repo = shutil.copytree(ensemble_repo, tmp_path / "repo")
+    for model in ("teacher", "student"):  # a queue far shorter than the load: overload
+        _rewrite(repo, model, lambda p: setattr(p, "default_timeout_microseconds", 20_000))
+    images = synthetic_root / "carpet" / "test"
+    expected = sorted(str(p) for p in images.rglob("*.png"))
+    out = tmp_path / "scores.jsonl"
+    with TritonServer(ServerConfig(repo)) as server:
+        outcomes = asyncio.run(_flood(server.grpc_url, 96))
+        rejected = [s for kind, s in outcomes if kind != "ok"]
+        assert rejected
+        assert {k for k, _ in outcomes} <= {"ok", "StatusCode.UNAVAILABLE in ensemble 'dcam', "
+                                            "Request timeout expired"}  # fmt: skip
+        assert server.process.poll() is None  # still serving
+        # Other clients flood the server while dcam-client starts: its requests queue behind
+        # theirs and are rejected too, until the flood stops and its retries get through.
+        failed_before = _failures(server.grpc_url)
+        flood = concurrent.futures.ThreadPoolExecutor(1).submit(
+            asyncio.run, _flood_for(server.grpc_url, 4.0)
+        )
+        args = ["score", "--dir", str(images), "--recursive", "--url", server.grpc_url]
+        args += ["--batch-size", "1", "--concurrency", "8", "--output", str(out)]
+        result = CliRunner().invoke(client_group, args)
+        rejected_by_flood = flood.result()
+        rejected_client = _failures(server.grpc_url) - failed_before - rejected_by_flood
+    errors = [r["error"] for r in latest_rows(out).values() if r["error"]]
+    assert result.exit_code == 0, (errors, result.output[-2000:])
+    assert rejected_client > 0  # dcam-client met rejections, retried, and lost nothing
+    rows = latest_rows(out)
+    assert sorted(rows) == expected and all(not r["error"] for r in rows.values())
+    assert len(out.read_text().splitlines()) == len(expected)  # each file once
