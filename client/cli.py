@@ -254,7 +254,7 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
     help="Images through /dev/shm instead of the wire: auto (servers on loopback), system (all; "
     "a refusal is an error), none.",
 )
-@click.option("--tls", is_flag=True, help="gRPC over TLS, trusting the system's CAs.")
+@click.option("--tls", "tls_on", is_flag=True, help="gRPC over TLS, trusting the system's CAs.")
 @click.option("--tls-root-cert", type=_FILE, default=None, help="PEM CA to trust (implies --tls).")
 @click.option("--tls-cert", type=_FILE, default=None, help="PEM client certificate: mutual TLS.")
 @click.option("--tls-key", type=_FILE, default=None, help="PEM key of --tls-cert.")
@@ -290,7 +290,7 @@ def score_command(
     retries: int,
     ready_timeout: float,
     shared_memory: str,
-    tls: bool,
+    tls_on: bool,
     tls_root_cert: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -312,7 +312,7 @@ def score_command(
         keep_maps=heatmaps is not None,
         category=category,
         shared_memory=shared_memory,
-        tls=_tls(tls, tls_root_cert, tls_cert, tls_key),
+        tls=_tls(tls_on, tls_root_cert, tls_cert, tls_key),
         api_key=api_key,
     )
     if category and category_from_path:
