@@ -171,8 +171,10 @@ def per_thousand(latencies: list[float]) -> list[dict]:
     ]
 
 
-def memory_growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
-    """Per process: median RSS just after warm-up, median over the last tenth, and the growth."""
+def memory_growth(samples: list[dict], warm_up_s: float, rate: float) -> dict[str, dict]:
+    """Per process: median RSS just after warm-up, median over the last tenth, the growth, and
+    the slope over the second half (MiB per 10k images): a leak keeps climbing, an allocator's
+    high-water mark steps up once and stays."""
     span = samples[-1]["t"] if samples else 0.0
     growth = {}
     for name in sorted({k for s in samples for k in s} - {"t"}):
@@ -181,20 +183,24 @@ def memory_growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
         late = [v for t, v in series if t >= 0.9 * span]
         if early and late:
             base, end = float(np.median(early)), float(np.median(late))
+            half = [(t * rate, v / 1024) for t, v in series if t >= span / 2]
+            slope = np.polyfit(*zip(*half, strict=True), 1)[0] * 10_000 if len(half) > 2 else 0.0
             growth[name] = {"after_warm_up_mib": base / 1024, "end_mib": end / 1024,
-                            "growth": end / base - 1}  # fmt: skip
+                            "growth": end / base - 1,
+                            "slope_mib_per_10k": float(slope)}  # fmt: skip
     return growth
 
 
-def judge(result: dict) -> dict:
-    warm_up_s = result["seconds"] * WARM_UP / max(result["images"], 1)
-    growth = memory_growth(result["samples"], warm_up_s)
-    p99 = [c["p99"] for c in result["latency_per_thousand"][1:]]
+def judge(result: dict, warm_up: int) -> dict:
+    warm_up_s = result["seconds"] * warm_up / max(result["images"], 1)
+    rate = result["images"] / result["seconds"]
+    growth = memory_growth(result["samples"], warm_up_s, rate)
+    p99 = [c["p99"] for c in result["latency_per_thousand"][warm_up // 1000 :]]
     return {
         "memory_growth": growth,
         "max_growth": max((g["growth"] for g in growth.values()), default=float("nan")),
         "p99_spread": max(p99) / min(p99) - 1 if p99 else float("nan"),
-        "images_per_s": result["images"] / result["seconds"],
+        "images_per_s": rate,
     }
 
 
@@ -234,7 +240,8 @@ def report(payload: dict) -> str:
         f"{payload['size']} px, each linked many times) through `dcam-serve` and `dcam-client` "
         f"(shared memory auto), {payload['layout']} layout; commit {payload['stamp']['commit']}, "
         f"{payload['stamp']['machine']['cores']} cores. Memory growth: the median RSS over the "
-        f"last tenth of the run over the median just after the first {WARM_UP} images.",
+        f"last tenth of the run over the median just after the first {payload['warm_up']} "
+        "images; slope: a line fitted to the second half of the run.",
         "",
         "| pass | images/s | failed | largest memory growth | p99 spread after warm-up "
         "| processes left | regions left |",
@@ -247,13 +254,14 @@ def report(payload: dict) -> str:
             f"{r['failed']} | {100 * j['max_growth']:+.1f}% | {100 * j['p99_spread']:.1f}% | "
             f"{len(r['processes_left'])} | {len(r['regions_left'])} |"
         )
-    lines += ["", "| pass | process | MiB after warm-up | MiB at the end | growth |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| pass | process | MiB after warm-up | MiB at the end | growth "
+              "| slope, MiB per 10k images |", "|---|---|---|---|---|---|"]  # fmt: skip
     for r in payload["passes"]:
         for name, g in r["judged"]["memory_growth"].items():
             lines.append(
                 f"| heatmaps {'on' if r['heatmaps'] else 'off'} | {name} | "
-                f"{g['after_warm_up_mib']:.0f} | {g['end_mib']:.0f} | {100 * g['growth']:+.1f}% |"
+                f"{g['after_warm_up_mib']:.0f} | {g['end_mib']:.0f} | {100 * g['growth']:+.1f}% | "
+                f"{g['slope_mib_per_10k']:+.1f} |"
             )
     lines += ["", "Targets: growth under 5%, p99 spread within 20%, nothing left.", ""]
     return "\n".join(lines)
@@ -281,6 +289,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--layout", choices=["ensemble", "fused"], default="ensemble")
     p.add_argument("--every", type=float, default=2.0, help="seconds between memory samples")
+    p.add_argument("--warm-up", type=int, default=WARM_UP, help="images before memory counts")
+    p.add_argument("--heatmaps", default="off,on", help="passes: off, on or off,on")
     p.add_argument("--tag", default=time.strftime("%Y%m%d"))
     p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     args = p.parse_args()
@@ -289,14 +299,15 @@ def main() -> None:
     repo = build(common.benchmark_run(work, args.size), work, args.layout)
     folder = line_folder(work, args.images, args.distinct, args.size)
     passes = []
-    for heatmaps in (False, True):
+    for heatmaps in (mode == "on" for mode in args.heatmaps.split(",")):
         result = soak_pass(repo, folder, work, heatmaps, args.every)
-        result["judged"] = judge(result)
+        result["judged"] = judge(result, args.warm_up)
         passes.append(result)
         print(f"heatmaps {heatmaps}: {json.dumps(result['judged'])}", flush=True)
     payload = {
         "tag": args.tag, "images": args.images, "distinct": args.distinct, "size": args.size,
-        "layout": args.layout, "stamp": common.stamp(), "passes": passes,
+        "layout": args.layout, "warm_up": args.warm_up, "stamp": common.stamp(),
+        "passes": passes,
     }  # fmt: skip
     stem = common.RESULTS / f"soak-{args.tag}"
     common.write_json(stem.with_suffix(".json"), payload)
