@@ -57,7 +57,7 @@ def test_configs_parse_back_field_by_field(ensemble_repo: Path) -> None:
     assert teacher.dynamic_batching.max_queue_delay_microseconds == 2000
     assert teacher.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert int(teacher.parameters["intra_op_threads"].string_value) >= 1
-    assert teacher.model_warmup[0].batch_size == 1
+    assert [w.batch_size for w in teacher.model_warmup] == [1, 8, 32]  # up to the largest batch
     ensemble = parse_config(ensemble_repo / "dcam" / "config.pbtxt")
     published = ScoringSpec.from_json(ensemble.parameters["scoring"].string_value)
     assert published == Manifest.read(ensemble_repo).scoring
