@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -121,12 +120,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--images", type=int, default=160)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--layout", choices=["ensemble", "fused"], default="ensemble")
-    p.add_argument("--tag", default=time.strftime("%Y%m%d"))
-    p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    common.add_run_arguments(p)
     args = p.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="dcam-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.work_folder(args, "dcam-bench-")
     repo = build(common.benchmark_run(work, args.size), work, args.layout)
     folder = work / "line"
     folder.mkdir(exist_ok=True)

@@ -4,9 +4,11 @@ generated production-line images, and the machine's measured compute rate (the p
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +69,19 @@ def stamp() -> dict:
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--layout, --tag and --work: what the serving benchmarks share."""
+    parser.add_argument("--layout", choices=["ensemble", "fused"], default="ensemble")
+    parser.add_argument("--tag", default=time.strftime("%Y%m%d"))
+    parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+
+
+def work_folder(args: argparse.Namespace, prefix: str) -> Path:
+    work = Path(args.work or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
 
 def benchmark_run(work: Path, size: int = 256) -> Path:

@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -287,15 +286,12 @@ def main() -> None:
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--distinct", type=int, default=200)
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--layout", choices=["ensemble", "fused"], default="ensemble")
     p.add_argument("--every", type=float, default=2.0, help="seconds between memory samples")
     p.add_argument("--warm-up", type=int, default=WARM_UP, help="images before memory counts")
     p.add_argument("--heatmaps", default="off,on", help="passes: off, on or off,on")
-    p.add_argument("--tag", default=time.strftime("%Y%m%d"))
-    p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    common.add_run_arguments(p)
     args = p.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="dcam-soak-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.work_folder(args, "dcam-soak-")
     repo = build(common.benchmark_run(work, args.size), work, args.layout)
     folder = line_folder(work, args.images, args.distinct, args.size)
     passes = []
