@@ -19,7 +19,8 @@ import grpc
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from dcam.client.shm import Region, RegionPool, is_stale
+from dcam.client.registration import ServerRegions
+from dcam.client.shm import Region, RegionPool
 from dcam.client.transport import ClientTls, api_key_headers
 from dcam.core.errors import ClientError, RetryableError
 from dcam.core.names import IMAGE, OUTPUTS
@@ -96,13 +97,10 @@ class Server:
             raise ClientError("Triton serves TLS on gRPC only: use --protocol grpc with TLS")
         kwargs = tls.grpc_kwargs() if tls is not None else {}
         self.client = self.module.InferenceServerClient(url, **kwargs)
-        self.headers = api_key_headers(api_key, protocol)
+        self.headers = api_key_headers(api_key, protocol)  # for the restricted shm API only
         self.down_until = 0.0
         self.failures = 0
-        self.shm: list[Region] = []  # regions this server reads requests from (same host)
-        self.shm_stale = False  # re-register before the next request (the server forgot them)
-        self.shm_generation = 0  # registrations so far: a request tells if one came after it
-        self._registering = asyncio.Lock()  # concurrent requests register once
+        self.shm: ServerRegions | None = None  # where it reads images from (same host)
 
     @property
     def up(self) -> bool:
@@ -123,8 +121,8 @@ class Server:
 
     async def ready(self, model: str) -> bool:
         try:
-            return bool(await self.client.is_server_ready(headers=self.headers)) and bool(
-                await self.client.is_model_ready(model, headers=self.headers)
+            return bool(await self.client.is_server_ready()) and bool(
+                await self.client.is_model_ready(model)
             )
         except Exception:
             return False
@@ -132,62 +130,17 @@ class Server:
     async def scoring_spec(self, model: str) -> ScoringSpec | None:
         """The scoring record the served model publishes in its config (None: not published)."""
         if self.protocol == "grpc":
-            reply = await self.client.get_model_config(model, headers=self.headers, as_json=True)
+            reply = await self.client.get_model_config(model, as_json=True)
             config = reply["config"]
         else:
-            config = await self.client.get_model_config(model, headers=self.headers)
+            config = await self.client.get_model_config(model)
         value = config.get("parameters", {}).get(SCORING_PARAMETER, {}).get("string_value")
         return ScoringSpec.from_json(value) if value else None
 
     async def metadata(self, model: str) -> dict:
         if self.protocol == "grpc":
-            return await self.client.get_model_metadata(model, headers=self.headers, as_json=True)
-        return await self.client.get_model_metadata(model, headers=self.headers)
-
-    async def _region_names(self) -> set[str]:
-        status = await self.client.get_system_shared_memory_status(headers=self.headers)
-        if self.protocol == "grpc":  # SystemSharedMemoryStatusResponse: regions keyed by name
-            return set(status.regions)
-        return {region["name"] for region in status}
-
-    async def register(self, regions: list[Region]) -> None:
-        """Register `regions` (again: a restarted server has forgotten them), after removing the
-        registrations of dcam clients on this host that died."""
-        known = await self._region_names()
-        for name in {n for n in known if is_stale(n)} | {r.name for r in regions} & known:
-            await self.client.unregister_system_shared_memory(name, headers=self.headers)
-        for region in regions:
-            await self.client.register_system_shared_memory(
-                region.name, region.key, region.size, headers=self.headers
-            )
-        self.shm, self.shm_stale = regions, False
-        self.shm_generation += 1
-
-    async def ensure_registered(self) -> int:
-        """Register the regions if the server forgot them; the registration generation."""
-        async with self._registering:
-            if self.shm_stale:
-                await self.register(self.shm)
-        return self.shm_generation
-
-    async def forgot(self, region: Region, generation: int) -> bool:
-        """After a request through `region` failed: did the server forget the regions (a restart
-        between two requests)? Then the next request registers them again. True too when they
-        were registered again since the request was sent (another request found them gone)."""
-        if generation != self.shm_generation:
-            return True
-        try:
-            known = region.name in await self._region_names()
-        except Exception:
-            return False  # cannot tell: the request's own error stands
-        self.shm_stale = self.shm_stale or not known
-        return not known
-
-    async def unregister(self) -> None:
-        with contextlib.suppress(Exception):  # a server that is gone has forgotten them anyway
-            for region in self.shm:
-                await self.client.unregister_system_shared_memory(region.name, headers=self.headers)
-        self.shm = []
+            return await self.client.get_model_metadata(model, as_json=True)
+        return await self.client.get_model_metadata(model)
 
     async def infer(
         self,
@@ -198,17 +151,15 @@ class Server:
         names: tuple[str, ...] = OUTPUTS,
         region: Region | None = None,
     ) -> dict[str, np.ndarray]:
-        """One request; the images go through `region` where this server reads shared memory."""
+        """One request; the images go through `region` where given (registered on this server)."""
         image = self.module.InferInput(IMAGE, list(images.shape), "UINT8")
-        if region is not None and self.shm:
+        if region is not None:
             image.set_shared_memory(region.name, region.write(images))
         else:
             image.set_data_from_numpy(images)
         outputs = [self.module.InferRequestedOutput(name) for name in names]
         params = parameters or None
-        request = self.client.infer(
-            model, [image], outputs=outputs, parameters=params, headers=self.headers
-        )
+        request = self.client.infer(model, [image], outputs=outputs, parameters=params)
         result = await asyncio.wait_for(request, timeout_s)
         return {name: result.as_numpy(name) for name in names}
 
@@ -258,6 +209,7 @@ class ServerPool:
         self.retries, self.backoff_s = retries, backoff_s
         self._next = 0
         self.regions: RegionPool | None = None
+        self.shm_mode = "none"
         self.notes: list[str] = []  # for the user: which servers read shared memory, and why not
 
     async def use_shared_memory(self, mode: str, count: int, size: int) -> None:
@@ -276,20 +228,32 @@ class ServerPool:
         ]
         if not local:
             return
-        self.regions = RegionPool(count, size)
+        self.shm_mode = mode
+        try:
+            self.regions = RegionPool(count, size)
+        except ClientError as exc:
+            if mode == "system":
+                raise
+            self.notes.append(f"shared memory unavailable, images over the wire: {exc}")
+            return
         for server in local:
+            server.shm = ServerRegions(
+                server.client, server.protocol, server.headers, self.timeout_s, self.regions.regions
+            )
             if not server.up:  # not ready yet: registered before its first request
-                server.shm, server.shm_stale = self.regions.regions, True
                 continue
             try:
-                await server.register(self.regions.regions)
+                await server.shm.register()
             except Exception as exc:
                 if mode == "system":
                     raise ClientError(f"{server.url} refused shared memory: {exc}") from exc
-                note = f"{server.url}: shared memory refused, images over the wire: {exc}"
-                self.notes.append(note)
+                self._to_the_wire(server, exc)
                 continue
             self.notes.append(f"{server.url}: images through shared memory")
+
+    def _to_the_wire(self, server: Server, exc: BaseException) -> None:
+        server.shm = None
+        self.notes.append(f"{server.url}: shared memory refused, images over the wire: {exc}")
 
     async def wait_ready(self, timeout_s: float) -> ModelSpec:
         """Wait until at least one server has the model ready; check its metadata."""
@@ -342,18 +306,20 @@ class ServerPool:
         async with self.regions.hold() if self.regions else contextlib.nullcontext() as region:
             for _ in range(self.retries + 1):
                 server = await self._next_up()
-                generation = server.shm_generation
+                shm = server.shm if region is not None else None
+                generation = shm.generation if shm else 0
                 try:
-                    if region is not None and server.shm:
-                        generation = await server.ensure_registered()
+                    if shm is not None:
+                        generation, shm = await self._registered(server, shm)
                     outputs = await server.infer(
-                        self.model, images, parameters or {}, self.timeout_s, names, region
-                    )
+                        self.model, images, parameters or {}, self.timeout_s, names,
+                        region if shm else None,
+                    )  # fmt: skip
                 except Exception as exc:
                     last = exc
                     if is_retryable(exc):
                         server.mark_down(self.backoff_s)
-                    elif not (region and server.shm and await server.forgot(region, generation)):
+                    elif not (shm and await shm.forgot(region, generation)):
                         raise ClientError(f"{server.url}: {exc}") from exc
                     continue
                 server.mark_up()
@@ -362,8 +328,21 @@ class ServerPool:
             f"gave up after {self.retries + 1} attempts: {type(last).__name__}: {last}"
         )
 
+    async def _registered(
+        self, server: Server, shm: ServerRegions
+    ) -> tuple[int, ServerRegions | None]:
+        """Registers the regions on `server` if it lacks them. In auto mode a server that refuses
+        (one that was not up at start) gets the wire from then on, and `notes` says so."""
+        try:
+            return await shm.ensure(), shm
+        except Exception as exc:
+            if is_retryable(exc) or self.shm_mode == "system":
+                raise
+            self._to_the_wire(server, exc)
+            return 0, None
+
     async def close(self) -> None:
-        await asyncio.gather(*(s.unregister() for s in self.servers if s.shm))
+        await asyncio.gather(*(s.shm.unregister() for s in self.servers if s.shm))
         await asyncio.gather(*(s.close() for s in self.servers))
         if self.regions is not None:
             self.regions.close()

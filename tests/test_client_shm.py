@@ -43,21 +43,22 @@ def test_scores_through_shared_memory_equal_the_wire_and_leave_nothing(
 ) -> None:
     paths = _paths(synthetic_root)
 
-    async def run(mode: str) -> tuple[dict, set[str], set[str], list[str]]:
+    async def run(mode: str) -> tuple[dict, set[str], set[str], list[str], set[str]]:
         cfg = ScoreConfig(urls=(server.grpc_url,), batch_size=4, concurrency=3, shared_memory=mode)
         scorer = Scorer(cfg)
         try:
             results = {r.path: r async for r in scorer.stream(paths)}
-            return results, _registered(server), _mine(), scorer.pool.notes
+            regions = scorer.pool.regions.regions if scorer.pool.regions else []
+            names = {r.name for r in regions}
+            return results, _registered(server), _mine(), scorer.pool.notes, names
         finally:
             await scorer.close()
 
-    wire, wire_registered, wire_files, _ = asyncio.run(run("none"))
-    shared, registered, files, notes = asyncio.run(run("system"))
-    assert wire_registered == set() and wire_files == set()
+    wire, wire_registered, wire_files, _, wire_names = asyncio.run(run("none"))
+    shared, registered, files, notes, names = asyncio.run(run("system"))
+    assert wire_registered == set() and wire_files == set() and wire_names == set()
     # One region per request in flight, registered once and reused for all four batches.
-    expected = {f"{shm.PREFIX}-{os.getpid()}-{i}" for i in range(3)}
-    assert registered == expected and files == expected
+    assert len(names) == 3 and registered == names and files == names
     assert notes == [f"{server.grpc_url}: images through shared memory"]
     assert all(r.ok for r in shared.values()) and shared.keys() == wire.keys()
     assert {p: r.score for p, r in shared.items()} == {p: r.score for p, r in wire.items()}
@@ -65,19 +66,32 @@ def test_scores_through_shared_memory_equal_the_wire_and_leave_nothing(
 
 
 def test_regions_of_a_client_that_died_are_swept(server, synthetic_root: Path) -> None:
+    # What a client killed with SIGKILL leaves: a file nobody locks, and its registration.
     dead = subprocess.Popen(["true"])
     dead.wait()
-    name = f"{shm.PREFIX}-{dead.pid}-0"
-    region = shm.Region(name, 4096)  # what a client killed with SIGKILL leaves: file + registration
+    name = f"{shm.PREFIX}-{dead.pid}-0badc0de-0"
+    (shm.SHM_DIR / name).write_bytes(bytes(4096))
     grpcclient.InferenceServerClient(server.grpc_url).register_system_shared_memory(
-        name, region.key, region.size
+        name, f"/{name}", 4096
     )
-    assert name in _registered(server)
+    assert name in _registered(server) and shm.is_stale(name)
     results = asyncio.run(
         score_paths(_paths(synthetic_root)[:2], ScoreConfig(urls=(server.grpc_url,)))
     )
     assert all(r.ok for r in results)
     assert not (shm.SHM_DIR / name).exists() and name not in _registered(server)
+
+
+def test_a_live_clients_regions_are_never_taken_for_stale() -> None:
+    pool = shm.RegionPool(2, 4096)
+    try:
+        names = [r.name for r in pool.regions]
+        # Locked by this process, whatever pid another namespace would see in the name.
+        assert not any(shm.is_stale(n) for n in names) and shm.remove_stale_files() == []
+        assert all((shm.SHM_DIR / n).exists() for n in names)
+    finally:
+        pool.close()
+    assert not any((shm.SHM_DIR / n).exists() for n in names)
 
 
 def test_system_mode_refused_is_an_error_not_a_fallback(
