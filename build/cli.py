@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from dcam.build.config import BUILDERS, LAYOUTS, TARGETS, BuildConfig
+from dcam.build.config import BUILDERS, LAYOUTS, ONNX_ACCELERATORS, TARGETS, BuildConfig
 from dcam.core.cli import default, reports_errors
 
 
@@ -37,7 +37,19 @@ def build_group() -> None:
     type=click.Choice(TARGETS),
     default=_d("target"),
     help="trt: FP16 TensorRT engines (GPU); cpu: ONNX Runtime in Triton's Python "
-    "backend; auto: trt where TensorRT and a GPU are present.",
+    "backend (the embedded server); onnx: Triton's ONNX Runtime backend (NVIDIA's "
+    "containers); auto: trt where TensorRT and a GPU are present.",
+)
+@click.option(
+    "--onnx-accelerator",
+    type=click.Choice(ONNX_ACCELERATORS),
+    default=_d("onnx_accelerator"),
+    help="--target onnx on a GPU: tensorrt builds FP16 engines at load through ONNX Runtime.",
+)
+@click.option(
+    "--onnx-engine-cache",
+    default=_d("onnx_engine_cache"),
+    help="Where ONNX Runtime caches the engines it builds (a volume that outlives the pod).",
 )
 @click.option(
     "--layout",

@@ -9,7 +9,11 @@ from pathlib import Path
 
 from dcam.core.errors import ConfigError
 
-TARGETS = ("auto", "cpu", "trt")
+# cpu: ONNX Runtime inside Triton's Python backend (what the embedded server can run);
+# onnx: Triton's native ONNX Runtime backend (platform onnxruntime_onnx, NVIDIA's containers);
+# trt: prebuilt FP16 TensorRT plans.
+TARGETS = ("auto", "cpu", "onnx", "trt")
+ONNX_ACCELERATORS = ("none", "tensorrt")
 LAYOUTS = ("ensemble", "fused")
 BUILDERS = ("python", "trtexec")
 
@@ -37,6 +41,10 @@ class BuildConfig:
     workspace_mib: int = 4096  # TensorRT builder workspace
     timing_cache: str | None = None  # TensorRT timing cache file (default: <out>.timing.cache)
     builder: str = "python"  # TensorRT Python API, or trtexec from NVIDIA's containers
+    # --target onnx on a GPU: ONNX Runtime's TensorRT execution provider, FP16, builds engines
+    # when the model loads (cached under onnx_engine_cache) instead of prebuilt plans.
+    onnx_accelerator: str = "none"
+    onnx_engine_cache: str = "/tmp/dcam-ort-trt-cache"
     tolerance: float = 1e-4  # max relative error ONNX Runtime vs PyTorch (FP32)
     fp16_tolerance: float = 2e-2  # max relative error of FP16 engines vs ONNX Runtime FP32
     opset: int = 17
@@ -47,6 +55,7 @@ class BuildConfig:
             ("target", self.target, TARGETS),
             ("layout", self.layout, LAYOUTS),
             ("builder", self.builder, BUILDERS),
+            ("onnx_accelerator", self.onnx_accelerator, ONNX_ACCELERATORS),
         ):
             if value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {list(choices)}")
@@ -60,6 +69,13 @@ class BuildConfig:
             raise ConfigError("instances must be >= 1, queue_delay_us and threads >= 0")
         if min(self.queue_timeout_ms, self.max_queue_size) < 0:
             raise ConfigError("queue_timeout_ms and max_queue_size must be >= 0 (0: unbounded)")
+
+        if self.onnx_accelerator != "none" and self.target != "onnx":
+            raise ConfigError("--onnx-accelerator applies to --target onnx only")
+
+    def on_gpu(self, target: str) -> bool:
+        """Whether the networks run on a GPU for this (resolved) target."""
+        return target == "trt" or (target == "onnx" and self.onnx_accelerator != "none")
 
     def timing_cache_path(self) -> Path:
         """Where TensorRT's timing cache persists between builds: beside OUT, never inside the

@@ -124,7 +124,11 @@ def _place_engine(
 
 
 def _serving_params(cfg: BuildConfig, target: str, sessions: int, extra: dict | None = None):
-    params = {"intra_op_threads": str(cfg.session_threads(sessions))} if target == "cpu" else {}
+    """ONNX Runtime's threads per session: our runner's parameter on the Python backend, the
+    ONNX Runtime backend's own `intra_op_thread_count` on the native one."""
+    threads = str(cfg.session_threads(sessions))
+    key = {"cpu": "intra_op_threads", "onnx": "intra_op_thread_count"}.get(target)
+    params = {key: threads} if key and not cfg.on_gpu(target) else {}
     return {**params, **(extra or {})}
 
 
@@ -143,7 +147,7 @@ def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
         _place_engine(onnx_path, version, target, cfg, report, role)
     teacher_io = report["models"]["teacher"]["io"]
     post_io = repo_mod.postprocess_io(manifest, teacher_io)
-    params = repo_mod.postprocess_params(manifest, teacher_io, target)
+    params = repo_mod.postprocess_params(manifest, teacher_io, cfg.on_gpu(target))
     post = repo_mod.model_config(POSTPROCESS_MODEL, post_io, cfg, target, params, python=True)
     repo_mod.write_model(tmp, post, "postprocess.py")
     image = teacher_io["inputs"][0]

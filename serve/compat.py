@@ -35,9 +35,25 @@ def queue_size_bounds(config: mc.ModelConfig) -> int:
     return max(p.max_queue_size for p in policies)
 
 
+# Platforms whose backends the wheel does not carry (it has the Python backend only).
+MISSING_BACKENDS = {"onnxruntime_onnx": "ONNX Runtime", "tensorrt_plan": "TensorRT"}
+
+
 def check_embedded_server_can_serve(repo: Path) -> None:
-    """Refuse, with the reason, a repository whose ensemble steps bound their queue size."""
+    """Refuse, with the reason, a repository that needs a backend the embedded server lacks or
+    whose ensemble steps bound their queue size."""
     configs = read_configs(repo)
+    needs = {
+        n: MISSING_BACKENDS[c.platform]
+        for n, c in configs.items()
+        if c.platform in MISSING_BACKENDS
+    }
+    if needs:
+        raise ServerError(
+            f"models {sorted(needs)} need Triton's {', '.join(sorted(set(needs.values())))} "
+            "backend, which the embedded tritonserver (Python backend only) lacks: serve this "
+            "repository with NVIDIA's Triton container (deploy/), or build it with --target cpu"
+        )
     steps = {
         step.model_name
         for config in configs.values()
