@@ -1,0 +1,111 @@
+"""deploy/: every kustomization renders with `kubectl kustomize` (offline), every object of a
+built-in kind validates against the Kubernetes OpenAPI schemas that `kubernetes-validate`
+bundles, and the objects agree with each other and with what the build and client use. No
+cluster runs here; the custom resources (KEDA, KServe, Prometheus Operator) are checked for
+the fields we set and their links, not against their CRD schemas (those are not bundled)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from dcam.build.config import BuildConfig
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+KUBERNETES = "1.32.0"  # the kubectl this machine kind has; Triton's docs target current clusters
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "autoscaling", "monitoring"]
+CUSTOM = {"keda.sh/v1alpha1", "serving.kserve.io/v1beta1", "monitoring.coreos.com/v1"}
+
+
+def render(folder: str) -> list[dict]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with its built-in kustomize) is needed to render deploy/")
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY / folder)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def by_kind(objects: list[dict]) -> dict[str, dict]:
+    return {o["kind"]: o for o in objects}
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+def test_renders_and_validates(folder: str) -> None:
+    objects = render(folder)
+    assert objects
+    for obj in objects:
+        if obj["apiVersion"] in CUSTOM:
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_base_rolls_out_without_dropping_below_ready_and_probes_triton() -> None:
+    objects = by_kind(render("base"))
+    deployment = objects["Deployment"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    container = _container(deployment)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    args = container["args"]
+    assert "--model-control-mode=none" in args and "--strict-readiness=true" in args
+    # The Services and the PodDisruptionBudget select exactly the Deployment's pods.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "PodDisruptionBudget"):
+        selector = objects[kind]["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        assert selector.items() <= labels.items(), kind
+    headless = [o for o in render("base") if o["metadata"]["name"] == "dcam-triton-pods"]
+    assert headless[0]["spec"]["clusterIP"] == "None"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/dev/shm" in mounts  # the Python backend needs more than a container's 64 MiB
+
+
+def test_overlays_ask_for_what_they_run_on() -> None:
+    cpu = _container(by_kind(render("overlays/cpu"))["Deployment"])
+    gpu_deployment = by_kind(render("overlays/gpu"))["Deployment"]
+    gpu = _container(gpu_deployment)
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["image"].endswith("-pyt-python-py3")  # PyTorch for on-device post-processing
+    assert any(a.startswith("--cuda-memory-pool-byte-size=") for a in gpu["args"])
+    assert gpu_deployment["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_autoscalers_target_the_deployment_on_triton_queue_time() -> None:
+    deployment = by_kind(render("base"))["Deployment"]
+    hpa = by_kind(render("autoscaling"))["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    (metric,) = hpa["spec"]["metrics"]
+    target_us = int(metric["pods"]["target"]["averageValue"])
+    assert target_us < BuildConfig.queue_timeout_ms * 1000  # scale out before rejecting
+    rules = yaml.safe_load(by_kind(render("autoscaling"))["ConfigMap"]["data"]["config.yaml"])
+    assert rules["rules"][0]["name"]["as"] == metric["pods"]["metric"]["name"]
+    keda = yaml.safe_load((DEPLOY / "autoscaling" / "keda-scaledobject.yaml").read_text())
+    assert keda["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    (trigger,) = keda["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and int(trigger["metadata"]["threshold"]) == target_us
+    for query in (rules["rules"][0]["metricsQuery"], trigger["metadata"]["query"]):
+        assert "nv_inference_queue_duration_us" in query
+        assert "nv_inference_request_success" in query
+
+
+def test_kserve_and_monitoring_resources() -> None:
+    isvc = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "triton" and model["storageUri"].startswith("s3://")
+    monitor = by_kind(render("monitoring"))["PodMonitor"]
+    labels = by_kind(render("base"))["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
