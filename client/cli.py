@@ -191,7 +191,14 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
     "urls",
     multiple=True,
     default=_d("urls"),
-    help="Triton server host:port; repeat to spread batches over several servers.",
+    help="Triton server host:port, or dns:///name:port for every replica behind a name (a "
+    "headless Service); repeat to spread batches over several.",
+)
+@click.option(
+    "--resolve-every",
+    type=float,
+    default=_d("resolve_every_s"),
+    help="Seconds between resolutions of dns:/// names (replicas come and go).",
 )
 @click.option("--protocol", type=click.Choice(["grpc", "http"]), default=_d("protocol"))
 @click.option("--batch-size", type=int, default=_d("batch_size"))
@@ -295,6 +302,7 @@ def score_command(
     tls_cert: str | None,
     tls_key: str | None,
     api_key: str | None,
+    resolve_every: float,
 ) -> None:
     """Score every image under --dir; exit status 1 if any file failed."""
     out = Path(output)
@@ -314,6 +322,7 @@ def score_command(
         shared_memory=shared_memory,
         tls=_tls(tls_on, tls_root_cert, tls_cert, tls_key),
         api_key=api_key,
+        resolve_every_s=resolve_every,
     )
     if category and category_from_path:
         raise ConfigError("give --category or --category-from-path, not both")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcam.client.discovery import Resolver, resolve_addresses
 from dcam.client.results import Result
 from dcam.client.transport import ClientTls
 from dcam.client.triton import ServerPool
@@ -44,6 +45,7 @@ class ScoreConfig:
     shared_memory: str = "auto"  # auto: through /dev/shm to servers on loopback; system; none
     tls: ClientTls | None = None  # gRPC over TLS
     api_key: str | None = None  # sent as the header that unlocks restricted APIs
+    resolve_every_s: float = 10.0  # how often dns:/// names are resolved again
 
 
 def _decode(path: Path, size: int) -> np.ndarray | str:
@@ -78,7 +80,7 @@ def _batches(
 class Scorer:
     """Holds the server pool and decoder pool; `stream` yields Results as they complete."""
 
-    def __init__(self, config: ScoreConfig) -> None:
+    def __init__(self, config: ScoreConfig, resolver: Resolver = resolve_addresses) -> None:
         if config.batch_size < 1 or config.concurrency < 1:
             raise ConfigError("batch_size and concurrency must be at least 1")
         self.config = config
@@ -90,6 +92,8 @@ class Scorer:
             config.retries,
             tls=config.tls,
             api_key=config.api_key,
+            resolver=resolver,
+            resolve_every_s=config.resolve_every_s,
         )
         self.decoders = ThreadPoolExecutor(config.workers, thread_name_prefix="dcam-decode")
         self.size: tuple[int, int] | None = None

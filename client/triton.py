@@ -19,6 +19,13 @@ import grpc
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from dcam.client.discovery import (
+    Discovery,
+    NameTarget,
+    Resolver,
+    is_name_target,
+    resolve_addresses,
+)
 from dcam.client.registration import ServerRegions
 from dcam.client.shm import Region, RegionPool
 from dcam.client.transport import ClientTls, api_key_headers
@@ -101,6 +108,7 @@ class Server:
         self.down_until = 0.0
         self.failures = 0
         self.shm: ServerRegions | None = None  # where it reads images from (same host)
+        self.discovered = False  # found behind a dns:/// name: dropped when the name drops it
 
     @property
     def up(self) -> bool:
@@ -201,10 +209,17 @@ class ServerPool:
         backoff_s: float = 0.5,
         tls: ClientTls | None = None,
         api_key: str | None = None,
+        resolver: Resolver = resolve_addresses,
+        resolve_every_s: float = 10.0,
     ) -> None:
         if not urls:
             raise ClientError("give at least one server URL")
-        self.servers = [Server(u, protocol, tls, api_key) for u in urls]
+        self._server_args = (protocol, tls, api_key)
+        self.urls = list(urls)
+        self.servers = [Server(u, protocol, tls, api_key) for u in urls if not is_name_target(u)]
+        names = [NameTarget.parse(u) for u in urls if is_name_target(u)]
+        self.discovery = Discovery(names, resolve_every_s, resolver)
+        self._retired: list[Server] = []  # dropped by their name: closed at the end
         self.model, self.timeout_s = model, timeout_s
         self.retries, self.backoff_s = retries, backoff_s
         self._next = 0
@@ -221,14 +236,10 @@ class ServerPool:
         """
         if mode not in SHM_MODES:
             raise ClientError(f"shared memory mode {mode!r}: choose one of {', '.join(SHM_MODES)}")
-        local = [
-            s
-            for s in self.servers
-            if mode == "system" or (mode == "auto" and is_loopback(url_host(s.url)))
-        ]
-        if not local:
-            return
         self.shm_mode = mode
+        local = [s for s in self.servers if self._reads_shared_memory(s)]
+        if not local and not self.discovery.targets:
+            return
         try:
             self.regions = RegionPool(count, size)
         except ClientError as exc:
@@ -237,9 +248,7 @@ class ServerPool:
             self.notes.append(f"shared memory unavailable, images over the wire: {exc}")
             return
         for server in local:
-            server.shm = ServerRegions(
-                server.client, server.protocol, server.headers, self.timeout_s, self.regions.regions
-            )
+            self._attach(server)
             if not server.up:  # not ready yet: registered before its first request
                 continue
             try:
@@ -251,6 +260,33 @@ class ServerPool:
                 continue
             self.notes.append(f"{server.url}: images through shared memory")
 
+    def _reads_shared_memory(self, server: Server) -> bool:
+        mode = self.shm_mode
+        return mode == "system" or (mode == "auto" and is_loopback(url_host(server.url)))
+
+    def _attach(self, server: Server) -> None:
+        """Give `server` the regions (registered before its first request through them)."""
+        server.shm = ServerRegions(
+            server.client, server.protocol, server.headers, self.timeout_s, self.regions.regions
+        )
+
+    async def refresh(self, force: bool = False) -> None:
+        """Follow the replicas behind dns:/// names: add new addresses, drop vanished ones
+        (requests in flight on them finish or fail over as usual)."""
+        if not (self.discovery.due() or (force and self.discovery.targets)):
+            return
+        urls = await self.discovery.resolve()
+        known = {s.url for s in self.servers}
+        for url in sorted(urls - known):
+            server = Server(url, *self._server_args)
+            server.discovered = True
+            if self.regions is not None and self._reads_shared_memory(server):
+                self._attach(server)
+            self.servers.append(server)
+        for server in [s for s in self.servers if s.discovered and s.url not in urls]:
+            self.servers.remove(server)
+            self._retired.append(server)
+
     def _to_the_wire(self, server: Server, exc: BaseException) -> None:
         server.shm = None
         self.notes.append(f"{server.url}: shared memory refused, images over the wire: {exc}")
@@ -259,6 +295,7 @@ class ServerPool:
         """Wait until at least one server has the model ready; check its metadata."""
         deadline = time.monotonic() + timeout_s
         while True:
+            await self.refresh(force=True)
             states = await asyncio.gather(*(s.ready(self.model) for s in self.servers))
             ready = [s for s, ok in zip(self.servers, states, strict=True) if ok]
             for server in self.servers:
@@ -271,7 +308,9 @@ class ServerPool:
                 spec.scoring = await ready[0].scoring_spec(self.model)
                 return spec
             if time.monotonic() > deadline:
-                urls = ", ".join(s.url for s in self.servers)
+                urls = ", ".join(self.urls)
+                if self.discovery.error:
+                    urls += f" ({self.discovery.error})"
                 raise ClientError(
                     f"no server with model {self.model!r} ready at {urls} after {timeout_s:.0f} s"
                 )
@@ -287,7 +326,12 @@ class ServerPool:
 
     async def _next_up(self) -> Server:
         """The next healthy server, waiting out the shortest back-off when all are down."""
+        await self.refresh()
         while (server := self._pick()) is None:
+            await self.refresh()
+            if not self.servers:  # a name that resolves to nothing yet
+                await asyncio.sleep(self.backoff_s)
+                continue
             wait = min(s.down_until for s in self.servers) - time.monotonic()
             # Jitter: the requests that waited do not all return in the same instant and
             # overload the server again (a thundering herd).
@@ -342,7 +386,8 @@ class ServerPool:
             return 0, None
 
     async def close(self) -> None:
-        await asyncio.gather(*(s.shm.unregister() for s in self.servers if s.shm))
-        await asyncio.gather(*(s.close() for s in self.servers))
+        servers = self.servers + self._retired
+        await asyncio.gather(*(s.shm.unregister() for s in servers if s.shm))
+        await asyncio.gather(*(s.close() for s in servers))
         if self.regions is not None:
             self.regions.close()

@@ -157,7 +157,11 @@ def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path: Path) -> N
 
 # Options named differently from their field; None: deliberately not the library's default
 # (dcam-serve listens on Triton's usual ports, where the library picks free ones for tests).
-RENAMED = {"ready_timeout": "ready_timeout_s", "timeout": "timeout_s"}
+RENAMED = {
+    "ready_timeout": "ready_timeout_s",
+    "timeout": "timeout_s",
+    "resolve_every": "resolve_every_s",
+}
 SERVE_PORTS = {"http_port": None, "grpc_port": None, "metrics_port": None}
 
 
