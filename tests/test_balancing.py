@@ -5,6 +5,7 @@ The resolver is the test's: it decides which replicas the name holds at each mom
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,60 @@ def test_load_spreads_evenly_across_replicas(ensemble_repo: Path, synthetic_root
     assert len(results) == len(paths) and all(r.ok for r in results)
     assert sum(served) == len(paths)
     assert max(served) <= 1.2 * min(served), served  # within 20%
+
+
+def _new_version(repo: Path, out: Path) -> Path:
+    """The same repository as model version 2 of every model: what a rollout ships."""
+    new = shutil.copytree(repo, out)
+    for version in new.glob("*/1"):
+        version.rename(version.with_name("2"))
+    return new
+
+
+def test_rolling_update_to_a_new_model_version_fails_no_file(
+    ensemble_repo: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Two replicas behind a name; each in turn stops (SIGTERM) and comes back serving version
+    2, as a Deployment with maxUnavailable 0 rolls, while the client scores."""
+    port = free_port()
+    paths = sorted(synthetic_root.glob("*/train/good/*.png")) * 12
+    v2 = _new_version(ensemble_repo, tmp_path / "v2")
+    names = {"line.test": [HOSTS[0], HOSTS[1]]}
+    replicas = {h: _replica(ensemble_repo, h, port) for h in HOSTS[:2]}
+
+    def roll(host: str) -> None:
+        names["line.test"].remove(host)  # not ready: out of the Service's endpoints
+        replicas[host].stop()
+        replicas[host] = _replica(v2, host, port)
+        names["line.test"].append(host)
+
+    async def run() -> list:
+        cfg = ScoreConfig(
+            urls=(f"dns:///line.test:{port}",), batch_size=2, concurrency=4, resolve_every_s=0.2
+        )
+        scorer = Scorer(cfg, resolver=lambda host, p: list(names[host]))
+        results, loop, rolling = [], asyncio.get_running_loop(), []
+        try:
+            async for result in scorer.stream(paths):  # the client keeps sending meanwhile
+                results.append(result)
+                for i, host in enumerate(HOSTS[:2]):
+                    if len(results) == (i + 1) * len(paths) // 3:
+                        await asyncio.gather(*rolling)  # one replica at a time
+                        rolling = [loop.run_in_executor(None, roll, host)]
+            await asyncio.gather(*rolling)
+        finally:
+            await scorer.close()
+        return results
+
+    try:
+        results = asyncio.run(run())
+        versions = {
+            h: grpcclient.InferenceServerClient(f"{h}:{port}").get_model_metadata("dcam").versions
+            for h in HOSTS[:2]
+        }
+    finally:
+        for replica in replicas.values():
+            replica.stop()
+    assert sorted(r.path for r in results) == sorted(str(p) for p in paths)
+    assert [r.error for r in results if not r.ok] == []
+    assert versions == {h: ["2"] for h in HOSTS[:2]}
