@@ -361,7 +361,9 @@ class ServerPool:
                     )  # fmt: skip
                 except Exception as exc:
                     last = exc
-                    if is_retryable(exc):
+                    if is_retryable(exc) or not await server.ready(self.model):
+                        # A server whose model is no longer ready (stopping in a rolling
+                        # update, unloading) answers NOT_FOUND: another replica can serve.
                         server.mark_down(self.backoff_s)
                     elif not (shm and await shm.forgot(region, generation)):
                         raise ClientError(f"{server.url}: {exc}") from exc
