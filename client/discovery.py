@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dcam.core.errors import ClientError
+from dcam.core.network import address_url
 
 SCHEME = "dns:"
 Resolver = Callable[[str, int], list[str]]  # (host, port) -> addresses, e.g. ["10.0.0.7"]
@@ -46,10 +47,6 @@ def resolve_addresses(host: str, port: int) -> list[str]:
     """Every address the system resolver gives for `host` (all A and AAAA records)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({info[4][0] for info in infos})
-
-
-def address_url(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 class Discovery:

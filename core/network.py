@@ -20,9 +20,14 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(a.is_loopback for a in addresses)
 
 
+def address_url(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets: what clients dial."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def url_host(url: str) -> str:
-    """The host of `host:port`, `[v6]:port` or `scheme://host:port`."""
-    rest = url.split("://", 1)[-1].lstrip("/")  # dns:///name:port has an empty authority
+    """The host of `host:port`, `[v6]:port` or `scheme://host:port` (address_url's inverse)."""
+    rest = url.split("://", 1)[-1]
     if rest.startswith("["):
         return rest[1 : rest.index("]")]
     return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcam.core.errors import ServerError
+from dcam.core.network import address_url
 from dcam.serve.compat import check_embedded_server_can_serve
 from dcam.serve.security import GrpcTls, restricted_api_args
 from dcam.serve.shm import Freed, remove_stale_regions
@@ -89,10 +90,9 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def _dialable(host: str) -> str:
-    """The address a local client dials for a server bound to `host` (IPv6 in brackets)."""
-    host = WILDCARDS.get(host, host)
-    return f"[{host}]" if ":" in host else host
+def _dialable(host: str, port: int) -> str:
+    """What a local client dials for a server bound to `host` (a wildcard: loopback)."""
+    return address_url(WILDCARDS.get(host, host), port)
 
 
 def _is_ready(url: str) -> bool:
@@ -125,11 +125,11 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{_dialable(self.http_host)}:{self.ports['http']}"
+        return _dialable(self.http_host, self.ports["http"])
 
     @property
     def grpc_url(self) -> str:
-        return f"{_dialable(self.config.host)}:{self.ports['grpc']}"
+        return _dialable(self.config.host, self.ports["grpc"])
 
     def security_args(self) -> list[str]:
         """Restricted control APIs and gRPC TLS, as `serve/security.py` decides them."""

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from dcam.client.discovery import NameTarget, address_url
+from dcam.client.discovery import NameTarget
 from dcam.client.score import ScoreConfig, Scorer
 from dcam.core.errors import ClientError
+from dcam.core.network import address_url
 from dcam.serve.server import ServerConfig, TritonServer, free_port
 
 pytestmark = pytest.mark.triton
