@@ -32,7 +32,7 @@ from dcam.client.results import (
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
 from dcam.client.transport import ClientTls
 from dcam.client.triton import SHM_MODES
-from dcam.core.cli import default, reports_errors
+from dcam.core.cli import EXISTING_FILE, default, reports_errors
 from dcam.core.errors import ClientError, ConfigError
 from dcam.core.images import load_image
 from dcam.core.metrics import auroc
@@ -167,9 +167,6 @@ def _d(name: str):
     return default(ScoreConfig, name)
 
 
-_FILE = click.Path(dir_okay=False, exists=True)
-
-
 def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> ClientTls | None:
     if not (on or root or cert or key):
         return None
@@ -262,9 +259,13 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
     "a refusal is an error), none.",
 )
 @click.option("--tls", "tls_on", is_flag=True, help="gRPC over TLS, trusting the system's CAs.")
-@click.option("--tls-root-cert", type=_FILE, default=None, help="PEM CA to trust (implies --tls).")
-@click.option("--tls-cert", type=_FILE, default=None, help="PEM client certificate: mutual TLS.")
-@click.option("--tls-key", type=_FILE, default=None, help="PEM key of --tls-cert.")
+@click.option(
+    "--tls-root-cert", type=EXISTING_FILE, default=None, help="PEM CA to trust (implies --tls)."
+)
+@click.option(
+    "--tls-cert", type=EXISTING_FILE, default=None, help="PEM client certificate: mutual TLS."
+)
+@click.option("--tls-key", type=EXISTING_FILE, default=None, help="PEM key of --tls-cert.")
 @click.option(
     "--api-key",
     envvar="DCAM_API_KEY",

@@ -16,6 +16,8 @@ from dcam.core.errors import DcamError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXISTING_FILE = click.Path(dir_okay=False, exists=True)  # certificates, keys: named if missing
+
 
 def default(owner: Any, name: str) -> Any:
     """The default of a dataclass field or function parameter, so an option never restates it."""

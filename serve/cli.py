@@ -13,13 +13,11 @@ from pathlib import Path
 
 import click
 
-from dcam.core.cli import default, reports_errors
+from dcam.core.cli import EXISTING_FILE, default, reports_errors
 from dcam.core.errors import ConfigError, ServerError
 from dcam.core.network import is_loopback
 from dcam.serve.security import RESTRICTED_APIS, GrpcTls
 from dcam.serve.server import ServerConfig, TritonServer
-
-_FILE = click.Path(dir_okay=False, exists=True)
 
 
 @click.command(context_settings={"show_default": True})
@@ -38,11 +36,15 @@ _FILE = click.Path(dir_okay=False, exists=True)
     "Without one they are open on loopback and refused on any other address. "
     "Prefer the DCAM_API_KEY environment variable to the flag.",
 )
-@click.option("--grpc-server-cert", type=_FILE, default=None, help="PEM certificate: gRPC TLS.")
-@click.option("--grpc-server-key", type=_FILE, default=None, help="PEM private key: gRPC TLS.")
+@click.option(
+    "--grpc-server-cert", type=EXISTING_FILE, default=None, help="PEM certificate: gRPC TLS."
+)
+@click.option(
+    "--grpc-server-key", type=EXISTING_FILE, default=None, help="PEM private key: gRPC TLS."
+)
 @click.option(
     "--grpc-root-cert",
-    type=_FILE,
+    type=EXISTING_FILE,
     default=None,
     help="PEM CA that client certificates must chain to: mutual TLS.",
 )
