@@ -9,19 +9,19 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dcam.build.config import BuildConfig
 from dcam.build.engines import build_repository
 from dcam.core.errors import ConfigError, ServerError
+from dcam.serve.compat import read_configs
 from dcam.serve.server import ServerConfig, TritonServer
 
 ORT_TYPES = {"tensor(uint8)": mc.TYPE_UINT8, "tensor(float)": mc.TYPE_FP32}
 
 
 def _config(repo: Path, model: str) -> mc.ModelConfig:
-    return text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    return read_configs(repo)[model]
 
 
 def _build(run: Path, out: Path, **options) -> Path:
