@@ -1,4 +1,4 @@
-"""Command line: `dcam-build engines` and `dcam-build verify`.
+"""Command line: `dcam-build engines`, `dcam-build verify` and `dcam-build deploy`.
 
 Every `engines` option maps onto a `BuildConfig` field and takes its default from there; only
 this layer turns library errors into messages and exit codes (through `reports_errors`).
@@ -12,11 +12,16 @@ from pathlib import Path
 import click
 
 from dcam.build.config import BUILDERS, LAYOUTS, ONNX_ACCELERATORS, TARGETS, BuildConfig
+from dcam.build.deploy import DEFAULT_RELEASE, DeployConfig
 from dcam.core.cli import default, reports_errors
 
 
 def _d(name: str):
     return default(BuildConfig, name)
+
+
+def _deploy(name: str):
+    return default(DeployConfig, name)
 
 
 @click.group()
@@ -148,3 +153,46 @@ def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
     report = verify_repository(Path(repo), Path(run_dir) if run_dir else None, tolerance)
     click.echo(json.dumps(report["results"], indent=1))
     click.echo(f"verify: {report['checked']}")
+
+
+@build_group.command("deploy", context_settings={"show_default": True})
+@click.argument("repo", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(), help="Folder for the overlay.")
+@click.option(
+    "--model-repository",
+    default=_deploy("model_repository"),
+    help="Where the pods read REPO: a path on the dcam-models volume, s3://... or gs://...",
+)
+@click.option(
+    "--image-tag",
+    default=None,
+    help="Triton container tag (default: the release the plans were built in, or "
+    f"{DEFAULT_RELEASE}-py3 for --target onnx).",
+)
+@click.option("--namespace", default=None, help="Namespace for every object.")
+@click.option("--replicas", type=int, default=_deploy("replicas"), help="Starting replicas.")
+@click.option(
+    "--deploy-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=_deploy("deploy_dir"),
+    help="dcam's deploy/ folder, whose overlays the new one builds on.",
+)
+@click.option("--force", is_flag=True, help="Replace the overlay's files in OUT.")
+@reports_errors
+def deploy_command(**options) -> None:
+    """Write a Kustomize overlay for REPO, its figures read from the build (apply with
+    `kubectl apply -k OUT`)."""
+    from dcam.build.deploy import write_overlay
+
+    files = write_overlay(DeployConfig(**options))
+    size = files["sizing.json"]
+    (image,) = files["kustomization.yaml"]["images"]
+    click.echo(
+        f"wrote {options['out']}: image tag {image['newTag']}, memory "
+        f"{size['memory_request_mib']}-{size['memory_limit_mib']} MiB"
+        + (f", {size['cpu']} CPU" if size["cpu"] else "")
+        + (f", CUDA pool {size['cuda_pool_bytes'] >> 20} MiB" if size["cuda_pool_bytes"] else "")
+    )
+    click.echo(f"apply with: kubectl apply -k {options['out']}")
+    namespace = options["namespace"] or "<namespace>"
+    click.echo(f"score with: dcam-client score --url dns:///dcam-triton-pods.{namespace}.svc:8001")

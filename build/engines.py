@@ -8,7 +8,6 @@ failed build leaves nothing that looks valid.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,8 +20,9 @@ from dcam.build.config import BuildConfig
 from dcam.build.export import FusedNet, export_onnx, load_feature_net
 from dcam.build.parity import check_onnx, engine_errors
 from dcam.build.readiness import require_tensorrt_ready, tensorrt_problems
+from dcam.build.report import REPORT_FILE
 from dcam.build.simplify import onnx_io, simplify_onnx
-from dcam.core.errors import BuildError, ManifestError, OutputExistsError
+from dcam.core.errors import BuildError, OutputExistsError
 from dcam.core.files import write_json_atomic
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
@@ -203,15 +203,21 @@ def build_repository(cfg: BuildConfig) -> dict:
             writer(manifest, run_dir, cfg, target, Path(work), tmp, report)
         if target == "trt":
             report["gpu"] = trt.gpu_info()
+            # Plans run only on the TensorRT that built them: inside NVIDIA's Triton container
+            # this names the release (e.g. 24.10) that `dcam-build deploy` must run them on.
+            report["triton_container"] = os.environ.get(TRITON_CONTAINER_ENV)
         report["seconds"] = time.perf_counter() - start
         manifest.write(tmp)
-        write_json_atomic(tmp / "build_report.json", report)
+        write_json_atomic(tmp / REPORT_FILE, report)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+TRITON_CONTAINER_ENV = "NVIDIA_TRITON_SERVER_VERSION"  # set in NVIDIA's Triton containers
 
 
 def _versions() -> dict:
@@ -226,10 +232,3 @@ def worst_errors(report: dict) -> dict[str, float]:
         )
         for name, m in report["models"].items()
     }
-
-
-def read_build_report(repo: Path) -> dict:
-    path = Path(repo) / "build_report.json"
-    if not path.is_file():
-        raise ManifestError(f"{path} does not exist: is {repo} a dcam-build output?")
-    return json.loads(path.read_text())

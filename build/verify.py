@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from dcam.build import trt
-from dcam.build.engines import read_build_report
 from dcam.build.export import load_feature_net
 from dcam.build.parity import engine_errors, output_errors, parity_images
+from dcam.build.report import read_build_report
 from dcam.core import scoring
 from dcam.core.errors import BuildError
 from dcam.core.manifest import Manifest

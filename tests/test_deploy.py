@@ -79,7 +79,10 @@ def test_overlays_ask_for_what_they_run_on() -> None:
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu["image"].endswith("-pyt-python-py3")  # PyTorch for on-device post-processing
-    assert any(a.startswith("--cuda-memory-pool-byte-size=") for a in gpu["args"])
+    assert "--cuda-memory-pool-byte-size=0:$(CUDA_MEMORY_POOL_BYTES)" in gpu["args"]
+    config_map = by_kind(render("overlays/gpu"))["ConfigMap"]
+    assert int(config_map["data"]["CUDA_MEMORY_POOL_BYTES"]) > 0
+    assert gpu["envFrom"][0]["configMapRef"]["name"] == config_map["metadata"]["name"]
     assert gpu_deployment["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
