@@ -121,6 +121,26 @@ def build_group() -> None:
     help="Max relative error of FP16 engines vs ONNX Runtime FP32.",
 )
 @click.option("--opset", type=int, default=_d("opset"))
+@click.option(
+    "--line-metrics/--no-line-metrics",
+    default=_d("line_metrics"),
+    help="Per-product counts, score histograms and drift on Triton's metrics port.",
+)
+@click.option(
+    "--drift-window",
+    type=int,
+    default=_d("drift_window"),
+    help="Unflagged images per product the drift statistic (PSI) is computed over.",
+)
+@click.option(
+    "--drift-bins", type=int, default=_d("drift_bins"), help="Equal-probability bins of the PSI."
+)
+@click.option(
+    "--drift-alarm",
+    type=float,
+    default=_d("drift_alarm"),
+    help="PSI at or above which a product's drift alarm is on (0.1-0.25: moderate shift).",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @reports_errors
 def engines_command(**options) -> None:

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcam.core.drift import DriftSpec
 from dcam.core.errors import ConfigError
 
 # cpu: ONNX Runtime inside Triton's Python backend (what the embedded server can run);
@@ -48,6 +49,11 @@ class BuildConfig:
     tolerance: float = 1e-4  # max relative error ONNX Runtime vs PyTorch (FP32)
     fp16_tolerance: float = 2e-2  # max relative error of FP16 engines vs ONNX Runtime FP32
     opset: int = 17
+    # Per-product counts, score histograms and drift on Triton's metrics port (core/drift.py).
+    line_metrics: bool = True
+    drift_window: int = DriftSpec.window  # unflagged images per product the drift is over
+    drift_bins: int = DriftSpec.bins
+    drift_alarm: float = DriftSpec.alarm  # PSI at or above which a product's alarm is on
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -72,6 +78,16 @@ class BuildConfig:
 
         if self.onnx_accelerator != "none" and self.target != "onnx":
             raise ConfigError("--onnx-accelerator applies to --target onnx only")
+        self.drift_spec()  # checks the drift settings now, not half-way through the build
+
+    def drift_spec(self) -> DriftSpec | None:
+        """The drift rule the judging models apply, None with line metrics off."""
+        if not self.line_metrics:
+            return None
+        try:
+            return DriftSpec(self.drift_window, self.drift_bins, self.drift_alarm)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def on_gpu(self, target: str) -> bool:
         """Whether the networks run on a GPU for this (resolved) target."""

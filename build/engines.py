@@ -147,7 +147,7 @@ def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
         _place_engine(onnx_path, version, target, cfg, report, role)
     teacher_io = report["models"]["teacher"]["io"]
     post_io = repo_mod.postprocess_io(manifest, teacher_io)
-    params = repo_mod.postprocess_params(manifest, teacher_io, cfg.on_gpu(target))
+    params = repo_mod.postprocess_params(manifest, teacher_io, cfg.on_gpu(target), cfg.drift_spec())
     post = repo_mod.model_config(POSTPROCESS_MODEL, post_io, cfg, target, params, python=True)
     repo_mod.write_model(tmp, post, "postprocess.py")
     image = teacher_io["inputs"][0]
@@ -174,7 +174,7 @@ def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
         repo_mod.calibrate_io(),
         cfg,
         "cpu",  # a few numbers per image: the CPU, whatever the target
-        repo_mod.calibrate_params(manifest),
+        repo_mod.calibrate_params(manifest, cfg.drift_spec()),
         python=True,
     )
     repo_mod.write_model(tmp, calibrate, "calibrate.py")

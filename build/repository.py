@@ -19,7 +19,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dcam.build.config import BuildConfig
-from dcam.core import anomaly_map, batching, scoring
+from dcam.core import anomaly_map, batching, drift, scoring
+from dcam.core.drift import DRIFT_PARAMETER, DriftSpec
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
     ANOMALY_MAP,
@@ -46,8 +47,10 @@ POSTPROCESS_OUTPUTS = [
     (SCORE, "float32", [1]),
     (IS_ANOMALOUS, "bool", [1]),
 ]
-# Copied beside every Python-backend model: the scoring rule and the request batching.
-SUPPORT_MODULES = (anomaly_map, scoring, batching)
+# Copied beside every Python-backend model: the scoring rule, the request batching, the drift
+# rule, and the adapter that publishes line metrics through the Python backend.
+SUPPORT_MODULES = (anomaly_map, scoring, batching, drift)
+SUPPORT_TEMPLATES = ("line_metrics.py",)
 
 
 def _tensors(cls: type, tensors: list[dict]) -> list:
@@ -151,13 +154,15 @@ def postprocess_io(manifest: Manifest, teacher_io: dict) -> dict:
     return {"inputs": inputs, "outputs": outputs}
 
 
-def postprocess_params(manifest: Manifest, teacher_io: dict, on_gpu: bool) -> dict[str, str]:
+def postprocess_params(
+    manifest: Manifest, teacher_io: dict, on_gpu: bool, drift_spec: DriftSpec | None
+) -> dict[str, str]:
     """What the post-processing model reads in `initialize`: tensor roles and the scoring rule."""
     levels = [o["name"] for o in teacher_io["outputs"]]
     return {
         "teacher_inputs": ",".join(feature_name("teacher", n) for n in levels),
         "student_inputs": ",".join(feature_name("student", n) for n in levels),
-        **calibrate_params(manifest),
+        **calibrate_params(manifest, drift_spec),
         "map_output": ANOMALY_MAP,
         # One BLAS thread: the maths is small, and spinning BLAS threads beside the busy
         # teacher/student instances slowed it 50x on a 2-core machine (benchmarks/README.md).
@@ -178,13 +183,17 @@ def calibrate_io() -> dict:
     }
 
 
-def calibrate_params(manifest: Manifest) -> dict[str, str]:
-    """What every model applying the scoring rule reads: the record and its output names."""
-    return {
+def calibrate_params(manifest: Manifest, drift_spec: DriftSpec | None) -> dict[str, str]:
+    """What every model applying the scoring rule reads: the record, its output names and, with
+    line metrics on, the drift rule."""
+    params = {
         SCORING_PARAMETER: manifest.scoring.to_json(),
         "score_output": SCORE,
         "decision_output": IS_ANOMALOUS,
     }
+    if drift_spec is not None:
+        params[DRIFT_PARAMETER] = drift_spec.to_json()
+    return params
 
 
 def fused_ensemble_config(name: str, fused_io: dict, max_batch_size: int) -> mc.ModelConfig:
@@ -244,4 +253,6 @@ def write_model(repo: Path, config: mc.ModelConfig, template_name: str | None = 
         (version / "model.py").write_text(template(template_name))
         for module in SUPPORT_MODULES:
             shutil.copy2(module.__file__, version / Path(module.__file__).name)
+        for name in SUPPORT_TEMPLATES:
+            (version / name).write_text(template(name))
     return version

@@ -1,4 +1,5 @@
-"""Command line: `dcam-client score --dir DIR` (and `dcam-client auroc` for labelled folders).
+"""Command line: `dcam-client score --dir DIR`, `dcam-client status` (the line, from Triton's
+metrics) and `dcam-client auroc` (for labelled folders).
 
 `score` options map onto `ScoreConfig` fields and take their defaults from there; only this
 layer turns library errors into messages and exit codes (through `reports_errors`).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import signal
 import time
@@ -30,6 +32,8 @@ from dcam.client.results import (
     open_results,
 )
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
+from dcam.client.status import format_status, line_status, scrape
+from dcam.client.summary import Tally
 from dcam.client.transport import ClientTls
 from dcam.client.triton import SHM_MODES
 from dcam.core.cli import EXISTING_FILE, default, reports_errors
@@ -37,33 +41,6 @@ from dcam.core.errors import ClientError, ConfigError
 from dcam.core.images import load_image
 from dcam.core.metrics import auroc
 from dcam.core.scoring import ScoringSpec
-
-
-class Tally:
-    """Counts and latencies for the closing summary."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.files = self.anomalous = 0
-        self.failures: list[Result] = []
-        self.latencies: list[float] = []
-
-    def add(self, result: Result) -> None:
-        self.files += 1
-        if not result.ok:
-            self.failures.append(result)
-            return
-        self.anomalous += bool(result.is_anomalous)
-        self.latencies.append(result.latency_ms)
-
-    def summary(self) -> str:
-        seconds = time.perf_counter() - self.start
-        lat = np.percentile(self.latencies, [50, 95, 99]) if self.latencies else [0, 0, 0]
-        return (
-            f"files {self.files}, anomalous {self.anomalous}, failures "
-            f"{len(self.failures)}, {self.files / max(seconds, 1e-9):.1f} images/s, "
-            f"request latency p50/p95/p99 {lat[0]:.0f}/{lat[1]:.0f}/{lat[2]:.0f} ms"
-        )
 
 
 def _write_heatmap(
@@ -272,6 +249,12 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
     default=None,
     help="Key to the server's restricted APIs (dcam-serve --api-key); prefer DCAM_API_KEY.",
 )
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the closing summary, with per-product anomaly rates, as JSON.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 @click.option("--watch", is_flag=True, help="Keep scoring new files as they land (Ctrl-C ends).")
 @reports_errors
@@ -304,6 +287,7 @@ def score_command(
     tls_key: str | None,
     api_key: str | None,
     resolve_every: float,
+    summary_json: str | None,
 ) -> None:
     """Score every image under --dir; exit status 1 if any file failed."""
     out = Path(output)
@@ -355,7 +339,9 @@ def score_command(
                 category_of,
             )
         )
-    click.echo(tally.summary() + (f" (skipped {len(done)} already in {out})" if done else ""))
+    click.echo(tally.summary() + (f"\n(skipped {len(done)} already in {out})" if done else ""))
+    if summary_json:
+        tally.write_json(Path(summary_json))
     if folders:
         names = ", ".join(os.fsdecode(f) for f in folders[:5])
         names += ", ..." if len(folders) > 5 else ""
@@ -390,3 +376,17 @@ def auroc_command(results: str) -> None:
         f"image AUROC {100 * value:.2f} over {len(rows)} scored images "
         f"({int(labels.sum())} anomalous); served decisions: TPR {tpr:.1f}%, FPR {fpr:.1f}%"
     )
+
+
+@client_group.command("status", context_settings={"show_default": True})
+@click.option(
+    "--metrics-url",
+    default="http://127.0.0.1:8002/metrics",
+    help="Triton's metrics endpoint (dcam-serve --metrics-port; port 8002 of a pod).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@reports_errors
+def status_command(metrics_url: str, as_json: bool) -> None:
+    """Print the line's status per product: images, anomaly rate, median score, drift."""
+    status = line_status(scrape(metrics_url))
+    click.echo(json.dumps(status, indent=1) if as_json else format_status(status))

@@ -29,17 +29,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dcam.core.drift import gumbel_z_quantile
 from dcam.core.errors import ConfigError
 from dcam.core.scoring import Calibration
 from dcam.training.config import CALIBRATION_METHODS
 
-EULER_GAMMA = 0.5772156649015329
 _STD_FLOOR = 1e-6
 
 
 def gumbel_z_threshold(target_fpr: float) -> float:
-    """The Gumbel law's (1 - target_fpr) quantile in z-units (moments fit)."""
-    return math.sqrt(6) / math.pi * (-math.log(-math.log1p(-target_fpr)) - EULER_GAMMA)
+    """The Gumbel law's (1 - target_fpr) quantile in z-units (moments fit); the served models'
+    drift reference (core/drift.py) is the same law."""
+    return gumbel_z_quantile(1.0 - target_fpr)
 
 
 def f1_z_threshold(good: np.ndarray, anomalous: np.ndarray) -> float:

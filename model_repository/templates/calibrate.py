@@ -6,11 +6,14 @@ the calibration of the product the request's `category` parameter names (the glo
 it) and the calibrated threshold or the request's `threshold` (Triton forwards an ensemble's
 request parameters to its steps), with `scoring.py` copied beside this file: the same rule and
 parameters as the ensemble layout's post-processing. Names, types and the scoring record come
-from config.pbtxt.
+from config.pbtxt. Each product's counts, scores and drift go to Triton's metrics port
+(`line_metrics.py`), when the build turned them on.
 """
 
 import json
 
+import drift
+import line_metrics
 import numpy as np
 import scoring
 import triton_python_backend_utils as pb_utils
@@ -26,9 +29,16 @@ class TritonPythonModel:
         self.dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
         }
+        self.metrics = None
+        if drift.DRIFT_PARAMETER in params:
+            spec = drift.DriftSpec.from_json(params[drift.DRIFT_PARAMETER])
+            self.metrics = line_metrics.LineMetrics(spec, self.spec, config)
 
     def execute(self, requests):
-        return [self._respond(request) for request in requests]
+        responses = [self._respond(request) for request in requests]
+        if self.metrics is not None:
+            self.metrics.publish()
+        return responses
 
     def _respond(self, request):
         """One response per request: its product's calibration and threshold, or its error."""
@@ -38,6 +48,8 @@ class TritonPythonModel:
             score, decision = scoring.judge_request(self.spec, raw, params)
         except ValueError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        if self.metrics is not None:
+            self.metrics.observe(scoring.request_category(params), score, decision)
         outputs = {self.score_output: score, self.decision_output: decision}
         tensors = [
             pb_utils.Tensor(n, np.asarray(v).astype(self.dtypes[n], copy=False))

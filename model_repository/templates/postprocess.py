@@ -10,12 +10,15 @@ FP32: torch is imported and the rule's constant matrices are put on the device i
 partly in host memory is moved to the device whole. Each request is normalised with the
 calibration of the product its `category` parameter names (the global one without it; an
 unknown name is that request's error), and its `threshold` parameter overrides the calibrated
-threshold.
+threshold. Each product's counts, scores and drift go to Triton's metrics port
+(`line_metrics.py`), when the build turned them on.
 """
 
 import json
 
 import batching
+import drift
+import line_metrics
 import numpy as np
 import scoring
 import triton_python_backend_utils as pb_utils
@@ -69,6 +72,10 @@ class TritonPythonModel:
             )
             for name in self.roles.values()
         }
+        self.metrics = None
+        if drift.DRIFT_PARAMETER in params:
+            spec = drift.DriftSpec.from_json(params[drift.DRIFT_PARAMETER])
+            self.metrics = line_metrics.LineMetrics(spec, self.spec, config)
         self.torch = None
         if params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes") == "no":
             self.torch = _import_torch()
@@ -105,7 +112,10 @@ class TritonPythonModel:
         parts = batching.split(
             {"maps": scored.maps, "raw": scored.raw}, batching.sizes(per_request)
         )
-        return [self._respond(r, part) for r, part in zip(requests, parts, strict=True)]
+        responses = [self._respond(r, part) for r, part in zip(requests, parts, strict=True)]
+        if self.metrics is not None:
+            self.metrics.publish()
+        return responses
 
     def _respond(self, request, part):
         """One response per request: its slice under its product's calibration and threshold,
@@ -115,6 +125,8 @@ class TritonPythonModel:
             score, decision = scoring.judge_request(self.spec, part.pop("raw"), params)
         except ValueError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        if self.metrics is not None:
+            self.metrics.observe(scoring.request_category(params), score, decision)
         part.update(score=score[:, None], decision=decision[:, None])
         tensors = [
             _to_tensor(self.roles[role], value, self.dtypes[self.roles[role]], self.torch)

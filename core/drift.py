@@ -1,0 +1,145 @@
+"""Line drift, written once: are a product's recent normal scores still distributed the way its
+calibration says?
+
+The calibration (training/calibration.py) standardises each product's image scores by the mean
+and std of its held-out good images. Its threshold assumes the extreme-value (Gumbel) law, since
+an image's score is the maximum of its anomaly map. So on a line that still looks like the
+calibration images, the z-scores of good parts follow a standard Gumbel law (mean 0, std 1).
+The reference is that law cut off at the product's threshold, because only parts that were not
+flagged enter the window.
+
+The statistic is the population stability index (PSI) of the last `window` unflagged z-scores,
+over `bins` bins that hold equal shares of the reference:
+
+    PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
+
+where a_i is the window's share in bin i and e_i = 1 / bins. On an unchanged line, N * PSI
+roughly follows a chi-square law with bins - 1 degrees of freedom. For 256 images and 10 bins,
+that makes the PSI about 0.035 on average and 0.11 at its 99.9th percentile. The usual reading is
+that a PSI below 0.1 is stable, 0.1 to 0.25 is a moderate shift, and above 0.25 the population
+has changed. 0.25 is the default alarm level. It is only reported once the window is full.
+
+A dirty lens, new lighting or another supplier's material move every part's score. The
+unflagged scores then bunch into the upper bins, or fewer parts pass. Either way the PSI rises
+before operators start raising the threshold by hand.
+
+Copied beside the Triton Python models at build time, like scoring.py: numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+EULER_GAMMA = 0.5772156649015329
+GUMBEL_BETA = math.sqrt(6.0) / math.pi  # the scale of a Gumbel law with std 1
+GUMBEL_MU = -EULER_GAMMA * GUMBEL_BETA  # its location when its mean is 0
+DRIFT_PARAMETER = "line_metrics"  # model-config parameter carrying DriftSpec as JSON
+UNKNOWN_CATEGORY = "unknown"  # the label of requests that name no product
+
+# The names served on Triton's metrics port, beside Triton's own: (kind, unit and meaning).
+IMAGES = "dcam_images_total"
+FLAGGED = "dcam_images_flagged_total"
+SCORES = "dcam_normalized_score"
+PSI = "dcam_drift_psi"
+WINDOW = "dcam_drift_window_images"
+ALARM = "dcam_drift_alarm"
+NORMAL_MEAN = "dcam_normal_score_mean"
+METRICS = {
+    IMAGES: ("counter", "Images scored, per product (category request parameter)"),
+    FLAGGED: ("counter", "Images judged anomalous (score above the threshold), per product"),
+    SCORES: ("histogram", "Normalised image scores (z units of the product's calibration)"),
+    PSI: ("gauge", "Population stability index of the last unflagged z-scores against the "
+          "calibration's law (0 until the window is full)"),
+    WINDOW: ("gauge", "Unflagged images in the drift window (at most the window size)"),
+    ALARM: ("gauge", "1 when the drift PSI is at or above the alarm level, else 0"),
+    NORMAL_MEAN: ("gauge", "Mean z-score of the unflagged images in the drift window "
+                  "(0 on a line like the calibration images)"),
+}  # fmt: skip
+# Histogram buckets of the normalised score, in z units: the calibration's good parts sit
+# around 0, the default threshold is 3.14 (1% false positives), defects score far above.
+SCORE_BUCKETS = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0)
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """How the served models watch a line; the build writes it into their configs."""
+
+    window: int = 256  # unflagged images per product the statistic is computed over
+    bins: int = 10  # equal-probability bins of the reference law
+    alarm: float = 0.25  # PSI at or above which the product's drift alarm is on
+
+    def __post_init__(self) -> None:
+        if self.window < 2 * self.bins or self.bins < 2 or self.alarm <= 0:
+            raise ValueError("drift needs bins >= 2, window >= 2 * bins and alarm > 0")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DriftSpec:
+        return cls(**json.loads(text))
+
+
+def gumbel_z_quantile(p: float) -> float:
+    """The p-quantile of the Gumbel law with mean 0 and std 1."""
+    return GUMBEL_MU - GUMBEL_BETA * math.log(-math.log(p))
+
+
+def gumbel_z_cdf(z: float) -> float:
+    return math.exp(-math.exp(-(z - GUMBEL_MU) / GUMBEL_BETA))
+
+
+def reference_edges(threshold: float, bins: int) -> np.ndarray:
+    """Inner edges of `bins` bins holding equal shares of the standard Gumbel law below
+    `threshold`. A score past an edge goes to the bin above, so scores at or above the
+    threshold fall in the last bin."""
+    top = gumbel_z_cdf(threshold)
+    return np.array([gumbel_z_quantile(top * i / bins) for i in range(1, bins)])
+
+
+def psi(values: np.ndarray, edges: np.ndarray) -> float:
+    """PSI of `values` against equal shares in the bins `edges` bound. Half an image is added
+    to every bin, so an empty bin costs a finite amount."""
+    bins = len(edges) + 1
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=bins)
+    actual = (counts + 0.5) / (len(values) + 0.5 * bins)
+    expected = 1.0 / bins
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+class DriftWindow:
+    """The last `spec.window` unflagged z-scores of one product, and their PSI."""
+
+    def __init__(self, spec: DriftSpec, threshold: float) -> None:
+        self.spec = spec
+        self.edges = reference_edges(threshold, spec.bins)
+        self.values = np.zeros(spec.window, np.float64)
+        self.count = 0  # images ever added; the ring holds the last `window` of them
+
+    def add(self, normal_scores: np.ndarray) -> None:
+        values = np.asarray(normal_scores, np.float64).ravel()
+        skipped = max(0, len(values) - self.spec.window)  # pushed out by the rest at once
+        self.count += skipped
+        for value in values[skipped:]:
+            self.values[self.count % self.spec.window] = value
+            self.count += 1
+
+    @property
+    def filled(self) -> int:
+        return min(self.count, self.spec.window)
+
+    def statistic(self) -> float:
+        """The PSI once the window is full, else 0."""
+        if self.count < self.spec.window:
+            return 0.0
+        return psi(self.values, self.edges)
+
+    def alarm(self) -> bool:
+        return self.statistic() >= self.spec.alarm
+
+    def mean(self) -> float:
+        return float(self.values[: self.filled].mean()) if self.count else 0.0
