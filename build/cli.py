@@ -139,7 +139,7 @@ def build_group() -> None:
     "--drift-alarm",
     type=float,
     default=_d("drift_alarm"),
-    help="PSI at or above which a product's drift alarm is on (0.1-0.25: moderate shift).",
+    help="PSI at or above which a product's drift alarm is on (core/drift.py explains 0.5).",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @reports_errors

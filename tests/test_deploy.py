@@ -6,6 +6,7 @@ the fields we set and their links, not against their CRD schemas (those are not 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,3 +113,17 @@ def test_kserve_and_monitoring_resources() -> None:
     labels = by_kind(render("base"))["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_monitoring_ships_alert_rules_and_a_dashboard_grafana_loads() -> None:
+    objects = by_kind(render("monitoring"))
+    config_map = objects["ConfigMap"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
+    dashboard = json.loads(config_map["data"]["grafana-dashboard.json"])
+    assert dashboard["uid"] and all(p["targets"] for p in dashboard["panels"])
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    (group,) = objects["PrometheusRule"]["spec"]["groups"]
+    for rule in group["rules"]:
+        assert rule["alert"].startswith("Dcam") and rule["expr"] and rule["for"]
+        assert rule["labels"]["severity"] and rule["annotations"]["summary"]

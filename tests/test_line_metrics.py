@@ -1,0 +1,188 @@
+"""Line metrics against the real server: after a known set is scored, Triton's /metrics page
+holds per-product counts equal to what was sent, histograms that sum to the scores returned,
+and a drift statistic that stays below its alarm on good images and passes it when the same
+product's good images come brighter. `dcam-client status` and `score --summary-json` agree.
+
+The run is trained on its own data with 20 held-out good images per product, so its calibration
+describes fresh good images well enough for a 256-image drift window (the session's tiny run
+calibrates on 4).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image, ImageEnhance
+from prometheus_client.parser import text_string_to_metric_families
+
+from dcam.build.config import BuildConfig
+from dcam.build.engines import build_repository
+from dcam.client.cli import client_group
+from dcam.core import drift
+from dcam.datasets.synthetic import generate_dataset
+from dcam.serve.server import ServerConfig, TritonServer
+from tests.conftest import tiny_config
+
+CATEGORIES = ("carpet", "nut")
+GOOD = 300  # per product: more than the 256-image window
+SHIFT = 1.15  # brightness factor of the drifted line
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("line")
+    generate_dataset(
+        root / "data", categories=list(CATEGORIES), n_train=40, n_test_good=GOOD,
+        n_test_per_defect=3, size=64, seed=3,
+    )  # fmt: skip
+    from dcam.training.train import train
+
+    train(tiny_config(root / "data", root / "run", min_val_per_category=20))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(line: Path):
+    repo = line / "repo"
+    build_repository(BuildConfig(run_dir=str(line / "run"), out=str(repo), target="cpu"))
+    with TritonServer(ServerConfig(repo)) as srv:
+        yield srv
+
+
+def metrics_url(srv: TritonServer) -> str:
+    return f"http://127.0.0.1:{srv.ports['metrics']}/metrics"
+
+
+def scrape(srv: TritonServer) -> str:
+    with urllib.request.urlopen(metrics_url(srv), timeout=10) as response:
+        return response.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, str, float | None], float]:
+    """(sample name, category, bucket edge) -> value, for our metrics."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if "category" in s.labels:
+                le = float(s.labels["le"]) if "le" in s.labels else None
+                out[(s.name, s.labels["category"], le)] = s.value
+    return out
+
+
+def score(srv: TritonServer, folder: Path, out: Path, *options: str) -> list[dict]:
+    args = ["score", "--dir", str(folder), "--url", srv.grpc_url, "--output", str(out)]
+    result = CliRunner().invoke(client_group, [*args, "--force", *options])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def good_line(server: TritonServer, line: Path) -> dict:
+    """The unshifted line: every product's test images (good and defects) under their product,
+    then 7 images sent without one."""
+    summary = line / "summary.json"
+    rows = score(
+        server, line / "data", line / "good.jsonl", "--recursive", "--glob", "*/test/*/*.png",
+        "--category-from-path", "--summary-json", str(summary),
+    )  # fmt: skip
+    unlabelled = line / "unlabelled"
+    unlabelled.mkdir()
+    for path in sorted((line / "data" / "nut" / "test" / "good").glob("*.png"))[:7]:
+        (unlabelled / path.name).write_bytes(path.read_bytes())
+    unknown = score(server, unlabelled, line / "unknown.jsonl")
+    return {"rows": rows, "unknown": unknown, "summary": json.loads(summary.read_text())}
+
+
+def _by_product(rows: list[dict], label: str | None = None) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        assert row["error"] is None, row
+        groups.setdefault(label or row["category"], []).append(row)
+    return groups
+
+
+def test_counts_and_histograms_equal_what_was_scored(server, good_line: dict) -> None:
+    groups = {
+        **_by_product(good_line["rows"]),
+        **_by_product(good_line["unknown"], drift.UNKNOWN_CATEGORY),
+    }
+    assert set(groups) == {*CATEGORIES, drift.UNKNOWN_CATEGORY}
+    values = samples(scrape(server))
+    for product, rows in groups.items():
+        scores = np.array([r["score"] for r in rows], np.float64)
+        flagged = sum(bool(r["is_anomalous"]) for r in rows)
+        # Warm-up (41 images per instance) is not counted: the counts are exactly ours.
+        assert values[(drift.IMAGES, product, None)] == len(rows), product
+        assert values[(drift.FLAGGED, product, None)] == flagged, product
+        assert values[(f"{drift.SCORES}_count", product, None)] == len(rows)
+        assert values[(f"{drift.SCORES}_sum", product, None)] == pytest.approx(scores.sum(), 1e-4)
+        for edge in drift.SCORE_BUCKETS:
+            bucket = values[(f"{drift.SCORES}_bucket", product, edge)]
+            assert bucket == (scores <= edge).sum(), (product, edge)
+    per_product = good_line["summary"]["per_product"]
+    for product in CATEGORIES:
+        assert per_product[product]["scored"] == values[(drift.IMAGES, product, None)]
+        assert per_product[product]["flagged"] == values[(drift.FLAGGED, product, None)]
+
+
+def test_drift_alarm_on_a_brighter_line_only(server, good_line: dict, line: Path) -> None:
+    values = samples(scrape(server))
+    for product in CATEGORIES:  # the unshifted line: a full window, below the alarm
+        assert values[(drift.WINDOW, product, None)] == drift.DriftSpec.window
+        assert values[(drift.PSI, product, None)] < drift.DriftSpec.alarm, product
+        assert values[(drift.ALARM, product, None)] == 0
+    shifted = line / "brighter" / "carpet"
+    shifted.mkdir(parents=True)
+    for path in sorted((line / "data" / "carpet" / "test" / "good").glob("*.png")):
+        image = Image.open(path).convert("RGB")
+        ImageEnhance.Brightness(image).enhance(SHIFT).save(shifted / path.name)
+    score(server, shifted.parent, line / "brighter.jsonl", "--recursive", "--category-from-path")
+    values = samples(scrape(server))
+    assert values[(drift.PSI, "carpet", None)] >= drift.DriftSpec.alarm
+    assert values[(drift.ALARM, "carpet", None)] == 1
+    assert values[(drift.ALARM, "nut", None)] == 0  # the other product's line did not change
+    status = CliRunner().invoke(client_group, ["status", "--metrics-url", metrics_url(server)])
+    assert status.exit_code == 0, status.output
+    lines = {line.split()[0]: line for line in status.output.splitlines()[1:]}
+    assert lines["carpet"].endswith("DRIFT") and lines["nut"].endswith("ok")
+    assert lines["carpet"].split()[1] == str(int(values[(drift.IMAGES, "carpet", None)]))
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
+# Metric names in PromQL: ours and Triton's; histogram series carry a suffix on the page.
+METRIC_NAME = re.compile(r"\b(?:dcam|nv)_[a-z0-9_]+\b")
+
+
+def dashboard_and_rule_queries() -> dict[str, str]:
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    queries = {
+        f"panel {p['title']!r}": t["expr"] for p in dashboard["panels"] for t in p["targets"]
+    }
+    rules = yaml.safe_load((DEPLOY / "prometheusrule.yaml").read_text())
+    for group in rules["spec"]["groups"]:
+        queries.update({f"alert {r['alert']}": r["expr"] for r in group["rules"]})
+    return queries
+
+
+def test_dashboard_and_alert_rules_use_names_the_server_serves(server, good_line) -> None:
+    page = scrape(server)
+    served = {line.split("{")[0].split(" ")[0] for line in page.splitlines() if line[:1] != "#"}
+    queries = dashboard_and_rule_queries()
+    assert len(queries) >= 12
+    for where, expr in queries.items():
+        names = METRIC_NAME.findall(expr)
+        assert names, where
+        for name in names:
+            assert name in served, f"{where} uses {name}, which the server does not serve"
+    # Each product's status a person can act on is there: rate, scores, drift, Triton's side.
+    used = " ".join(queries.values())
+    for name in (drift.FLAGGED, drift.IMAGES, f"{drift.SCORES}_bucket", drift.PSI, drift.ALARM):
+        assert name in used
+    assert "nv_inference_queue_duration_us" in used and "nv_inference_count" in used
