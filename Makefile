@@ -12,7 +12,7 @@ DEMO_METRICS ?= 18002
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
 
-.PHONY: setup demo test lint fix bench-accuracy bench-throughput bench-transport bench-soak smoke-gpu clean
+.PHONY: setup demo test lint fix bench-accuracy bench-throughput bench-transport bench-soak bench-line-metrics smoke-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -62,6 +62,10 @@ bench-transport: setup
 
 bench-soak: setup
 	$(BIN)/python benchmarks/soak.py
+
+bench-line-metrics: setup
+	$(BIN)/python benchmarks/line_metrics_cost.py
+	$(BIN)/python benchmarks/drift_study.py
 
 smoke-gpu: setup
 	$(BIN)/python benchmarks/gpu_check.py --device cpu --smoke --out /tmp/gpu_check_smoke.json

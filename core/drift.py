@@ -154,3 +154,14 @@ class DriftWindow:
 
     def mean(self) -> float:
         return float(self.values[: self.filled].mean()) if self.count else 0.0
+
+
+def warm_up_images(config: dict) -> int:
+    """Images Triton's warm-up sends each instance of a model with this (JSON) config; a
+    sample's `count` of 0 means once. The judging models leave that many uncounted: warm-up
+    requests carry no id or parameters, but they come before any client's, because a model is
+    only reachable once it is ready."""
+    return sum(
+        int(sample.get("batch_size", 1)) * max(int(sample.get("count", 0)), 1)
+        for sample in config.get("model_warmup", [])
+    )

@@ -186,3 +186,21 @@ def test_dashboard_and_alert_rules_use_names_the_server_serves(server, good_line
     for name in (drift.FLAGGED, drift.IMAGES, f"{drift.SCORES}_bucket", drift.PSI, drift.ALARM):
         assert name in used
     assert "nv_inference_queue_duration_us" in used and "nv_inference_count" in used
+
+
+def test_fused_layout_publishes_from_its_calibration_step(line: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "fused"
+    build_repository(
+        BuildConfig(run_dir=str(line / "run"), out=str(repo), target="cpu", layout="fused")
+    )
+    with TritonServer(ServerConfig(repo)) as srv:
+        rows = score(
+            srv, line / "data" / "nut" / "test" / "good", tmp_path / "nut.jsonl",
+            "--category", "nut",
+        )  # fmt: skip
+        values = samples(scrape(srv))
+    assert values[(drift.IMAGES, "nut", None)] == len(rows) == GOOD
+    flagged = sum(bool(r["is_anomalous"]) for r in rows)
+    assert values[(drift.FLAGGED, "nut", None)] == flagged
+    assert values[(drift.WINDOW, "nut", None)] == min(GOOD - flagged, drift.DriftSpec.window)
+    assert not any(key[1] == drift.UNKNOWN_CATEGORY for key in values)  # warm-up uncounted

@@ -8,10 +8,7 @@ copies beside this file. A product's metrics exist from its first image. Request
 product are labelled "unknown". A request naming a product the model does not know is refused
 before this point, so the labels are bounded by the products in the manifest.
 
-Triton's warm-up requests (`model_warmup` in the config) look like any other request: no id,
-no parameters. But they are the first an instance sees, because the model only becomes ready,
-and so reachable, after them. So each instance leaves uncounted exactly as many images as its
-config's warm-up sends.
+Triton's warm-up requests are left uncounted (`drift.warm_up_images` says how).
 """
 
 import drift
@@ -57,21 +54,12 @@ class _Product:
         self.scores, self.flagged = [], 0
 
 
-def warm_up_images(config):
-    """Images Triton's warm-up sends an instance of a model with this (JSON) config; a
-    sample's `count` of 0 means once."""
-    return sum(
-        int(sample.get("batch_size", 1)) * max(int(sample.get("count", 0)), 1)
-        for sample in config.get("model_warmup", [])
-    )
-
-
 class LineMetrics:
     def __init__(self, spec, scoring_spec, config):
         """`spec`: the drift rule; `scoring_spec`: the calibrations whose thresholds cut off
         each product's reference law; `config`: the model's config (its warm-up)."""
         self.spec, self.scoring_spec = spec, scoring_spec
-        self.warm_up_left = warm_up_images(config)
+        self.warm_up_left = drift.warm_up_images(config)
         family = pb_utils.MetricFamily  # the stub adds it after importing model.py's modules
         kinds = {"counter": family.COUNTER, "gauge": family.GAUGE, "histogram": family.HISTOGRAM}
         self.families = {
