@@ -25,7 +25,8 @@ $(VENV)/.installed: pyproject.toml
 
 # Main job on the embedded default: synthetic production-line data, train and evaluate, build the
 # Triton model repository (CPU target), verify it in the real tritonserver, serve it, score the
-# test images with dcam-client (scores, decisions, heatmaps), AUROC from the client's own output.
+# test images with dcam-client (scores, decisions, heatmaps), the line status from Triton's metrics,
+# and AUROC from the client's own output.
 # The teacher is the shipped license-clean one because nothing can be downloaded here; with
 # ImageNet weights available, drop --teacher formula.
 demo: setup
@@ -39,6 +40,8 @@ demo: setup
 	$(BIN)/dcam-client score --dir $(DEMO_DATA) --recursive --glob '*/test/*/*' \
 	  --url 127.0.0.1:$(DEMO_GRPC) --output $(DEMO_RUN)/scores.jsonl --category-from-path \
 	  --heatmaps $(DEMO_RUN)/heatmaps --force; status=$$?; \
+	[ $$status -eq 0 ] && $(BIN)/dcam-client status \
+	  --metrics-url http://127.0.0.1:$(DEMO_METRICS)/metrics; \
 	kill -TERM $$pid; wait $$pid; \
 	[ $$status -eq 0 ] && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores.jsonl
 

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common
@@ -124,11 +123,7 @@ def main() -> None:
     args = p.parse_args()
     work = common.work_folder(args, "dcam-bench-")
     repo = build(common.benchmark_run(work, args.size), work, args.layout)
-    folder = work / "line"
-    folder.mkdir(exist_ok=True)
-    for i, img in enumerate(common.production_images(args.images, args.size, seed=1)):
-        Image.fromarray(img).save(folder / f"part-{i:04d}.png")
-    paths = sorted(folder.glob("*.png"))[: args.images]
+    paths = common.production_files(work / "line", args.images, args.size)
     rates = measure(repo, paths, work, args.size, args.rounds)
     payload = {
         "tag": args.tag,

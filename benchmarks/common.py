@@ -157,6 +157,16 @@ def flops_per_image(size: int = 256, backbone: str = "resnet18") -> float:
     return float(counter.get_total_flops())
 
 
+def production_files(folder: Path, n: int, size: int) -> list[Path]:
+    """`production_images` written as PNG files into `folder` (a line's camera folder)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(production_images(n, size, seed=1)):
+        Image.fromarray(img).save(folder / f"part-{i:04d}.png")
+    return sorted(folder.glob("*.png"))[:n]
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, payload)

@@ -17,8 +17,6 @@ import statistics
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).parent))
 import common
 from client_transport import client_rate
@@ -90,11 +88,7 @@ def main() -> None:
                 line_metrics=on,
             )  # fmt: skip
             build_repository(cfg)
-    folder = work / "line"
-    folder.mkdir(exist_ok=True)
-    for i, img in enumerate(common.production_images(args.images, args.size, seed=1)):
-        Image.fromarray(img).save(folder / f"part-{i:04d}.png")
-    paths = sorted(folder.glob("*.png"))[: args.images]
+    paths = common.production_files(work / "line", args.images, args.size)
     rates = measure(repos, paths, work, args.rounds)
     median = {k: statistics.median(v) for k, v in rates.items()}
     payload = {

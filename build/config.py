@@ -19,6 +19,12 @@ LAYOUTS = ("ensemble", "fused")
 BUILDERS = ("python", "trtexec")
 
 
+def networks_on_gpu(target: str, onnx_accelerator: str) -> bool:
+    """Whether a (resolved) target runs the networks on a GPU: TensorRT plans, or ONNX graphs
+    with a GPU accelerator."""
+    return target == "trt" or (target == "onnx" and onnx_accelerator != "none")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     run_dir: str
@@ -91,7 +97,7 @@ class BuildConfig:
 
     def on_gpu(self, target: str) -> bool:
         """Whether the networks run on a GPU for this (resolved) target."""
-        return target == "trt" or (target == "onnx" and self.onnx_accelerator != "none")
+        return networks_on_gpu(target, self.onnx_accelerator)
 
     def timing_cache_path(self) -> Path:
         """Where TensorRT's timing cache persists between builds: beside OUT, never inside the

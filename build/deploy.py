@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from dcam.build.config import networks_on_gpu
 from dcam.build.report import read_build_report
 from dcam.core.errors import ConfigError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
@@ -26,9 +27,11 @@ from dcam.serve.compat import read_configs
 
 # deploy/ in the source checkout: dcam's subpackages are the checkout's top-level folders.
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
-OVERLAYS = {"onnx": "overlays/cpu", "trt": "overlays/gpu"}
+OVERLAYS = {False: "overlays/cpu", True: "overlays/gpu"}  # by whether the networks use a GPU
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
-IMAGE_VARIANT = {"onnx": "py3", "trt": "pyt-python-py3"}  # see the overlays' kustomizations
+IMAGE_VARIANT = {False: "py3", True: "pyt-python-py3"}  # see the overlays' kustomizations
+OBJECT_STORES = ("s3://", "gs://", "as://")  # repositories Triton reads without a volume
+VOLUME, MOUNT, CLAIM = "models", "/models", "dcam-models"  # deploy/base's model volume
 DEFAULT_RELEASE = "24.10"  # the release the overlays pin; any release can serve ONNX graphs
 DEPLOYMENT, CONFIG_MAP = "dcam-triton", "dcam-triton"
 ANNOTATION = "dcam.ai"
@@ -107,9 +110,20 @@ def _round_up(value: float, step: int) -> int:
     return int(math.ceil(value / step) * step)
 
 
+def runs_on_gpu(report: dict) -> bool:
+    return networks_on_gpu(report["target"], report["config"].get("onnx_accelerator", "none"))
+
+
 def sizing(repo: Path, report: dict, manifest: Manifest) -> Sizing:
     """CPU: the ONNX Runtime threads the configs give each instance; memory: a base plus weights
     and the largest batch's activations; GPU: a CUDA pool for the features of full batches."""
+    gpu = runs_on_gpu(report)
+    if not gpu and not report["config"]["threads"]:
+        raise ConfigError(
+            f"{repo} was built with --threads 0, so its configs give ONNX Runtime the cores of "
+            "the machine that built it, not of the pods: build it again with --threads N, the "
+            "cores each network may use on a pod (the pod then asks for 2 x N)"
+        )
     configs = read_configs(repo)
     models = image_models(configs)
     batch = report["config"]["max_batch_size"]
@@ -120,7 +134,6 @@ def sizing(repo: Path, report: dict, manifest: Manifest) -> Sizing:
     per_batch = batch * (
         nets * ACTIVATION_FACTOR * feature_bytes(manifest) + MAPS_PER_IMAGE * 4 * height * width
     )
-    gpu = report["target"] == "trt"
     base = GPU_BASE_MIB if gpu else CPU_BASE_MIB
     request = _round_up(base + (2 * weights + instances * per_batch) / MIB, 256)
     threads = sum(_threads(configs[m]) * _instances(configs[m]) for m in models)
@@ -137,9 +150,8 @@ def sizing(repo: Path, report: dict, manifest: Manifest) -> Sizing:
 
 def image_tag(report: dict, requested: str | None) -> str:
     """The Triton container tag: plans only run on the release whose TensorRT built them."""
-    target = report["target"]
-    variant = IMAGE_VARIANT[target]
-    if target != "trt":
+    variant = IMAGE_VARIANT[runs_on_gpu(report)]
+    if report["target"] != "trt":
         return requested or f"{DEFAULT_RELEASE}-{variant}"
     built_in = report.get("triton_container")
     if built_in is None and requested is None:
@@ -169,12 +181,12 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
     """The overlay's kustomization and its pod patch, as objects."""
     repo = Path(cfg.repo)
     report, manifest = read_build_report(repo), Manifest.read(repo)
-    if report["target"] not in OVERLAYS:
+    if report["target"] not in ("onnx", "trt"):
         raise ConfigError(
             f"{repo} was built with --target {report['target']}, for the embedded server's "
             "Python backend; NVIDIA's container serves --target onnx (CPU) or --target trt (GPU)"
         )
-    overlay = Path(cfg.deploy_dir) / OVERLAYS[report["target"]]
+    overlay = Path(cfg.deploy_dir) / OVERLAYS[runs_on_gpu(report)]
     if not (overlay / "kustomization.yaml").is_file():
         raise ConfigError(f"{overlay} is not a kustomization: pass --deploy-dir (dcam's deploy/)")
     size, (height, width) = sizing(repo, report, manifest), manifest.input_size
@@ -205,12 +217,11 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
             }
         },
     }
-    volume = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "dcam-models"},
-        "spec": {"resources": {"requests": {"storage": f"{size.storage_gib}Gi"}}},
-    }
+    volume = volume_patch(cfg, size.storage_gib)
+    if cfg.model_repository.startswith(OBJECT_STORES):
+        pod = patch["spec"]["template"]["spec"]
+        pod["volumes"] = [{"name": VOLUME, "$patch": "delete"}]
+        pod["containers"][0]["volumeMounts"] = [{"mountPath": MOUNT, "$patch": "delete"}]
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -219,14 +230,33 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
         "images": [{"name": TRITON_IMAGE, "newTag": image_tag(report, cfg.image_tag)}],
         "replicas": [{"name": DEPLOYMENT, "count": cfg.replicas}],
         "configMapGenerator": [{"name": CONFIG_MAP, "behavior": "merge", "literals": literals}],
-        "patches": [{"path": "pod.yaml"}, {"path": "volume.yaml"}],
+        "patches": [{"path": "pod.yaml"}, *([{"path": "volume.yaml"}] if volume else [])],
     }
-    return {
-        "kustomization.yaml": kustomization,
-        "pod.yaml": patch,
-        "volume.yaml": volume,
-        "sizing.json": {**asdict(size), "source": str(repo.resolve())},
-    }
+    files = {"kustomization.yaml": kustomization, "pod.yaml": patch}
+    if volume:
+        files["volume.yaml"] = volume
+    return {**files, "sizing.json": {**asdict(size), "source": str(repo.resolve())}}
+
+
+def base_storage_gib(deploy_dir: Path) -> float:
+    """The model volume's size in deploy/base (e.g. 2Gi)."""
+    claim = yaml.safe_load((deploy_dir / "base" / "pvc.yaml").read_text())
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    if not size.endswith("Gi"):
+        raise ConfigError(f"deploy/base/pvc.yaml asks for {size}: write it in Gi")
+    return float(size.removesuffix("Gi"))
+
+
+def volume_patch(cfg: DeployConfig, needed_gib: int) -> dict | None:
+    """Nothing while the base's volume is big enough (a bound claim can grow, never shrink, and
+    only where its storage class allows); its deletion when the repository is in object
+    storage; else a larger claim."""
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM}}
+    if cfg.model_repository.startswith(OBJECT_STORES):
+        return {**claim, "$patch": "delete"}
+    if needed_gib <= base_storage_gib(Path(cfg.deploy_dir)):
+        return None
+    return {**claim, "spec": {"resources": {"requests": {"storage": f"{needed_gib}Gi"}}}}
 
 
 HEADER = "# Written by `dcam-build deploy` from {repo}: build again rather than edit.\n"
@@ -240,6 +270,7 @@ def write_overlay(cfg: DeployConfig) -> dict[str, dict]:
     if existing and not cfg.force:
         raise OutputExistsError(f"{out} already has {existing}: pass --force to replace them")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "volume.yaml").unlink(missing_ok=True)  # an earlier overlay's, if this one has none
     header = HEADER.format(repo=Path(cfg.repo).resolve())
     for name, content in files.items():
         if name.endswith(".json"):

@@ -5,6 +5,7 @@ and Triton's own queue time, with prometheus_client's parser of the exposition f
 
 from __future__ import annotations
 
+import http.client
 import math
 import urllib.error
 import urllib.request
@@ -25,8 +26,9 @@ def scrape(url: str, timeout_s: float = 5.0) -> str:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"cannot read metrics from {url}: {exc}") from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        # ValueError: a malformed URL, or a body that is not UTF-8 (UnicodeDecodeError)
+        raise ClientError(f"cannot read metrics from {url}: {exc!r}") from exc
 
 
 def _base(name: str) -> str:
@@ -66,31 +68,32 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
 def line_status(text: str) -> dict:
     """Per product: images, flagged, anomaly rate, median score, drift PSI, window, alarm, mean
     normal score; and Triton's mean queue time per request of the models requests enter."""
-    products: dict[str, dict] = defaultdict(dict)
+    products: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     buckets: dict[str, dict[float, float]] = defaultdict(dict)
     queue_us = requests = 0.0
     ours = {_base(name): name for name in drift.METRICS}
     for name, labels, value in _samples(text):
         if name == f"{drift.SCORES}_bucket":
             buckets[labels["category"]][float(labels["le"])] = value
-        elif name in ours and "category" in labels:
-            products[labels["category"]][ours[name]] = value
+        elif name in ours and "category" in labels:  # drift gauges: one series per instance
+            products[labels["category"]][ours[name]].append(value)
         elif name in (QUEUE_US, REQUESTS) and labels.get("model") in ENTRY_MODELS:
             queue_us += value if name == QUEUE_US else 0.0
             requests += value if name == REQUESTS else 0.0
     rows = {}
-    for product, values in sorted(products.items()):
-        images = values.get(drift.IMAGES, 0.0)
-        flagged = values.get(drift.FLAGGED, 0.0)
+    for product, series in sorted(products.items()):
+        images, flagged = sum(series[drift.IMAGES]), sum(series[drift.FLAGGED])
+        means = series[drift.NORMAL_MEAN]
         rows[product] = {
             "images": int(images),
             "flagged": int(flagged),
             "anomaly_rate": flagged / images if images else None,
             "median_score": histogram_quantile(buckets[product], 0.5),
-            "drift_psi": values.get(drift.PSI, 0.0),
-            "drift_window": int(values.get(drift.WINDOW, 0.0)),
-            "drift_alarm": bool(values.get(drift.ALARM, 0.0)),
-            "normal_score_mean": values.get(drift.NORMAL_MEAN, 0.0),
+            # Instances keep their own windows: the line drifts if any of them says so.
+            "drift_psi": max(series[drift.PSI], default=0.0),
+            "drift_window": int(max(series[drift.WINDOW], default=0.0)),
+            "drift_alarm": bool(max(series[drift.ALARM], default=0.0)),
+            "normal_score_mean": sum(means) / len(means) if means else 0.0,
         }
     return {
         "products": rows,

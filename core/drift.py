@@ -8,8 +8,9 @@ calibration images, the z-scores of good parts follow a standard Gumbel law (mea
 The reference is that law cut off at the product's threshold, because only parts that were not
 flagged enter the window.
 
-The statistic is the population stability index (PSI) of the last `window` unflagged z-scores,
-over `bins` bins that hold equal shares of the reference:
+The statistic is the population stability index (PSI) of the last `window` z-scores under the
+product's calibrated threshold (the parts it does not flag, whatever threshold a request asks
+for), over `bins` bins that hold equal shares of the reference:
 
     PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
 
@@ -18,18 +19,21 @@ is full.
 
 The alarm level. On an unchanged line that follows the reference law, N * PSI roughly follows a
 chi-square law with bins - 1 degrees of freedom. For 256 images and 10 bins, that makes the PSI
-about 0.035 on average and 0.12 at its 99.9th percentile. A real line departs from the reference
+about 0.035 on average and 0.11 at its 99.9th percentile. A real line departs from the reference
 even when nothing changed:
 - its calibration comes from few held-out images, so the mean and std it standardises with are
   off by about 1/sqrt(n) and 1/sqrt(2n) of a std;
 - its scores need not be Gumbel-shaped: normal-shaped scores alone give a PSI of 0.06.
-Normal-shaped scores with the mean off by 0.3 std and the std by 15% give 0.21. Stable synthetic
-lines, calibrated on 20 images per product, measured 0.11 to 0.31. A move of half a std of the
-normal parts' scores gives about 0.4, and a whole std 1.7. So the default alarm is 0.5, not the
-0.25 of credit-scoring lore. Lower it where the calibration used many images.
+Normal-shaped scores with the mean off by 0.3 std and the std by 15% give 0.21. Ten stable
+synthetic lines, calibrated on 20 images per product, measured 0.03 to 0.43
+(benchmarks/README.md, "Drift on synthetic lines"). The highest of them had its mean off by 0.57
+std. A move of half a std of the normal parts' scores gives about 0.4, and a whole std 1.7. So
+the default alarm is 0.5, not the 0.25 of credit-scoring lore. It leaves little room above a
+badly calibrated product. Lower it where the calibration used many images, and raise it where
+a stable line's PSI sits near it.
 
 A dirty lens, new lighting or another supplier's material move every part's score, up or down
-(brighter synthetic parts scored lower). The unflagged scores then bunch into some bins, and the
+(brighter synthetic parts scored lower). The window's scores then bunch into some bins, and the
 PSI rises before operators start raising the threshold by hand. A shift so large that most parts
 are flagged stops the window from filling: the anomaly rate shows that case, and the alert
 rules in deploy/monitoring watch both.
@@ -63,13 +67,15 @@ METRICS = {
     IMAGES: ("counter", "Images scored, per product (category request parameter)"),
     FLAGGED: ("counter", "Images judged anomalous (score above the threshold), per product"),
     SCORES: ("histogram", "Normalised image scores (z units of the product's calibration)"),
-    PSI: ("gauge", "Population stability index of the last unflagged z-scores against the "
-          "calibration's law (0 until the window is full)"),
-    WINDOW: ("gauge", "Unflagged images in the drift window (at most the window size)"),
+    PSI: ("gauge", "Population stability index of the last z-scores under the calibrated "
+          "threshold against the calibration's law (0 until the window is full)"),
+    WINDOW: ("gauge", "Images in the drift window (at most the window size)"),
     ALARM: ("gauge", "1 when the drift PSI is at or above the alarm level, else 0"),
-    NORMAL_MEAN: ("gauge", "Mean z-score of the unflagged images in the drift window "
+    NORMAL_MEAN: ("gauge", "Mean z-score of the images in the drift window "
                   "(0 on a line like the calibration images)"),
 }  # fmt: skip
+# Each instance of a judging model keeps its own window: these carry an `instance` label too.
+PER_INSTANCE = (PSI, WINDOW, ALARM, NORMAL_MEAN)
 # Histogram buckets of the normalised score, in z units: the calibration's good parts sit
 # around 0, the default threshold is 3.14 (1% false positives), defects score far above.
 SCORE_BUCKETS = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0)
@@ -79,7 +85,7 @@ SCORE_BUCKETS = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0)
 class DriftSpec:
     """How the served models watch a line; the build writes it into their configs."""
 
-    window: int = 256  # unflagged images per product the statistic is computed over
+    window: int = 256  # images per product (under its threshold) the statistic is over
     bins: int = 10  # equal-probability bins of the reference law
     alarm: float = 0.5  # PSI at or above which the product's drift alarm is on (see above)
 
@@ -123,7 +129,8 @@ def psi(values: np.ndarray, edges: np.ndarray) -> float:
 
 
 class DriftWindow:
-    """The last `spec.window` unflagged z-scores of one product, and their PSI."""
+    """The last `spec.window` z-scores of one product under its calibrated threshold, and their
+    PSI."""
 
     def __init__(self, spec: DriftSpec, threshold: float) -> None:
         self.spec = spec

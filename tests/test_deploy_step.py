@@ -73,6 +73,46 @@ def test_cpu_overlay_carries_the_build(onnx_repo: Path, tmp_path: Path) -> None:
     assert sizing["memory_request_mib"] < sizing["memory_limit_mib"]
     # The base's probes and rollout survive the patch.
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Triton reads s3:// itself: no volume, no claim.
+    assert "PersistentVolumeClaim" not in objects
+    volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes == {"dshm"}  # /dev/shm for the Python backend stays
+    assert all(m["mountPath"] != "/models" for m in container["volumeMounts"])
+
+
+def test_a_volume_repository_keeps_the_base_claim(onnx_repo: Path, tmp_path: Path) -> None:
+    objects = deploy(onnx_repo, tmp_path / "line")
+    claim = objects["PersistentVolumeClaim"]  # a small build: never below the base's size
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    mounts = {m["mountPath"] for m in _container(objects["Deployment"])["volumeMounts"]}
+    assert "/models" in mounts
+
+
+def test_gpu_accelerated_onnx_build_goes_to_gpu_nodes(onnx_repo: Path, tmp_path: Path) -> None:
+    """ONNX Runtime's TensorRT accelerator puts the networks on the GPU: the GPU overlay, the
+    image with PyTorch for post-processing on the device, any release (engines build at load)."""
+    repo = _with_report(onnx_repo, tmp_path / "ort-trt", onnx_accelerator="tensorrt")
+    container = _container(deploy(repo, tmp_path / "gpu")["Deployment"])
+    assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_refuses_threads_from_the_build_machine(onnx_repo: Path, tmp_path: Path) -> None:
+    repo = _with_report(onnx_repo, tmp_path / "threads0", threads=0)
+    result = CliRunner().invoke(build_group, ["deploy", str(repo), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "--threads N" in result.output
+
+
+def _with_report(repo: Path, copy: Path, target: str | None = None, **config) -> Path:
+    """A copy of a real build whose report says it was built otherwise (no GPU or TensorRT
+    here to build it so)."""
+    shutil.copytree(repo, copy)
+    report = json.loads((copy / "build_report.json").read_text())
+    report["config"].update(config)
+    if target:
+        report.update(target=target, triton_container="24.10")
+    (copy / "build_report.json").write_text(json.dumps(report))
+    return copy
 
 
 def test_a_new_build_rolls_out_and_a_bigger_batch_asks_for_more_memory(
@@ -80,9 +120,10 @@ def test_a_new_build_rolls_out_and_a_bigger_batch_asks_for_more_memory(
 ) -> None:
     before = deploy(onnx_repo, tmp_path / "a")["Deployment"]
     bigger = tmp_path / "bigger"
-    build_repository(
-        BuildConfig(run_dir=str(tiny_run), out=str(bigger), target="onnx", max_batch_size=512)
+    cfg = BuildConfig(
+        run_dir=str(tiny_run), out=str(bigger), target="onnx", max_batch_size=512, threads=3
     )
+    build_repository(cfg)
     after = deploy(bigger, tmp_path / "b")["Deployment"]
     stamp = f"{ANNOTATION}/build"
     template = "spec", "template", "metadata", "annotations"
@@ -105,11 +146,8 @@ def test_gpu_overlay_sizes_the_cuda_pool_and_pins_the_build_release(
 ) -> None:
     """No TensorRT here: the report of a real build is marked as a plan build made in release
     24.10 to check the GPU rules (tag, pool) on a real manifest and configs."""
-    repo = tmp_path / "trt"
-    shutil.copytree(onnx_repo, repo)
+    repo = _with_report(onnx_repo, tmp_path / "trt", target="trt")
     report = json.loads((repo / "build_report.json").read_text())
-    report.update(target="trt", triton_container="24.10")
-    (repo / "build_report.json").write_text(json.dumps(report))
     objects = deploy(repo, tmp_path / "gpu")
     container = _container(objects["Deployment"])
     assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"
@@ -125,7 +163,7 @@ def test_gpu_overlay_sizes_the_cuda_pool_and_pins_the_build_release(
 
 
 def test_plans_from_outside_the_container_need_a_tag() -> None:
-    report = {"target": "trt", "versions": {"tensorrt": "10.5.0"}}
+    report = {"target": "trt", "config": {}, "versions": {"tensorrt": "10.5.0"}}
     with pytest.raises(ConfigError, match="pass --image-tag"):
         image_tag(report, None)
     assert image_tag(report, "24.10-pyt-python-py3") == "24.10-pyt-python-py3"

@@ -57,6 +57,9 @@ def test_window_keeps_the_last_images_and_reports_once_full() -> None:
     assert window.filled == 40 and window.statistic() > 0
     window.add(np.full(100, 2.0))  # more than a window at once: only the last 40 stay
     assert window.count == 140 and window.mean() == 2.0 and window.alarm()
+    window.add(np.arange(30.0))  # wraps around the ring: 10 of the 2.0s and the 30 new ones
+    assert window.count == 170
+    assert sorted(window.values) == sorted([2.0] * 10 + list(np.arange(30.0)))
 
 
 def test_drift_settings_are_checked_and_travel_as_json() -> None:

@@ -26,6 +26,7 @@ from dcam.build.config import BuildConfig
 from dcam.build.engines import build_repository
 from dcam.client.cli import client_group
 from dcam.core import drift
+from dcam.core.manifest import Manifest
 from dcam.datasets.synthetic import generate_dataset
 from dcam.serve.server import ServerConfig, TritonServer
 from tests.conftest import tiny_config
@@ -97,7 +98,12 @@ def good_line(server: TritonServer, line: Path) -> dict:
     for path in sorted((line / "data" / "nut" / "test" / "good").glob("*.png"))[:7]:
         (unlabelled / path.name).write_bytes(path.read_bytes())
     unknown = score(server, unlabelled, line / "unknown.jsonl")
-    return {"rows": rows, "unknown": unknown, "summary": json.loads(summary.read_text())}
+    return {
+        "rows": rows,
+        "unknown": unknown,
+        "summary": json.loads(summary.read_text()),
+        "metrics": samples(scrape(server)),  # before any test scores more
+    }
 
 
 def _by_product(rows: list[dict], label: str | None = None) -> dict[str, list[dict]]:
@@ -114,7 +120,7 @@ def test_counts_and_histograms_equal_what_was_scored(server, good_line: dict) ->
         **_by_product(good_line["unknown"], drift.UNKNOWN_CATEGORY),
     }
     assert set(groups) == {*CATEGORIES, drift.UNKNOWN_CATEGORY}
-    values = samples(scrape(server))
+    values = good_line["metrics"]
     for product, rows in groups.items():
         scores = np.array([r["score"] for r in rows], np.float64)
         flagged = sum(bool(r["is_anomalous"]) for r in rows)
@@ -133,7 +139,7 @@ def test_counts_and_histograms_equal_what_was_scored(server, good_line: dict) ->
 
 
 def test_drift_alarm_on_a_brighter_line_only(server, good_line: dict, line: Path) -> None:
-    values = samples(scrape(server))
+    values = good_line["metrics"]
     for product in CATEGORIES:  # the unshifted line: a full window, below the alarm
         assert values[(drift.WINDOW, product, None)] == drift.DriftSpec.window
         assert values[(drift.PSI, product, None)] < drift.DriftSpec.alarm, product
@@ -189,18 +195,33 @@ def test_dashboard_and_alert_rules_use_names_the_server_serves(server, good_line
 
 
 def test_fused_layout_publishes_from_its_calibration_step(line: Path, tmp_path: Path) -> None:
+    """Two instances of each model: the counts are Triton's sums over them, and each instance's
+    drift window is its own series."""
     repo = tmp_path / "fused"
     build_repository(
-        BuildConfig(run_dir=str(line / "run"), out=str(repo), target="cpu", layout="fused")
+        BuildConfig(
+            run_dir=str(line / "run"), out=str(repo), target="cpu", layout="fused", instances=2
+        )
     )
     with TritonServer(ServerConfig(repo)) as srv:
         rows = score(
             srv, line / "data" / "nut" / "test" / "good", tmp_path / "nut.jsonl",
             "--category", "nut",
         )  # fmt: skip
-        values = samples(scrape(srv))
+        page = scrape(srv)
+    values = samples(page)
     assert values[(drift.IMAGES, "nut", None)] == len(rows) == GOOD
     flagged = sum(bool(r["is_anomalous"]) for r in rows)
     assert values[(drift.FLAGGED, "nut", None)] == flagged
-    assert values[(drift.WINDOW, "nut", None)] == min(GOOD - flagged, drift.DriftSpec.window)
     assert not any(key[1] == drift.UNKNOWN_CATEGORY for key in values)  # warm-up uncounted
+    windows = {
+        s.labels["instance"]: s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+        if s.name == drift.WINDOW
+    }
+    assert len(windows) == 2, windows  # calibrate_0_0 and calibrate_0_1 (or _1_0)
+    calibration = Manifest.read(line / "run").scoring.calibration_for("nut")
+    under = sum(r["score"] <= calibration.threshold for r in rows)
+    if max(windows.values()) < drift.DriftSpec.window:
+        assert sum(windows.values()) == under

@@ -32,7 +32,9 @@ class TritonPythonModel:
         self.metrics = None
         if drift.DRIFT_PARAMETER in params:
             spec = drift.DriftSpec.from_json(params[drift.DRIFT_PARAMETER])
-            self.metrics = line_metrics.LineMetrics(spec, self.spec, config)
+            self.metrics = line_metrics.LineMetrics(
+                spec, self.spec, config, args["model_instance_name"]
+            )
 
     def execute(self, requests):
         responses = [self._respond(request) for request in requests]

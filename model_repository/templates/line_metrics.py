@@ -8,7 +8,13 @@ copies beside this file. A product's metrics exist from its first image. Request
 product are labelled "unknown". A request naming a product the model does not know is refused
 before this point, so the labels are bounded by the products in the manifest.
 
-Triton's warm-up requests are left uncounted (`drift.warm_up_images` says how).
+Counters and the histogram are shared by a model's instances, so Triton sums them. Each instance
+keeps its own drift window, so the drift gauges carry an `instance` label as well. Dashboards and
+`dcam-client status` take the largest PSI and the alarm of any instance.
+
+Triton's warm-up requests are left uncounted (`drift.warm_up_images` says how). If the Python
+backend restarts a crashed stub, `initialize` runs again without a warm-up, and that many real
+images go uncounted once.
 """
 
 import drift
@@ -26,14 +32,17 @@ def _numpy(values):
 class _Product:
     """One product's metric handles, its drift window and the batch's pending counts."""
 
-    def __init__(self, families, label, spec, threshold):
+    def __init__(self, families, label, instance, spec, threshold):
         labels = {"category": label}
-        self.metrics = {
-            name: family.Metric(labels=labels, buckets=list(drift.SCORE_BUCKETS))
-            if name == drift.SCORES
-            else family.Metric(labels=labels)
-            for name, family in families.items()
-        }
+        self.metrics = {}
+        for name, family in families.items():
+            if name == drift.SCORES:
+                self.metrics[name] = family.Metric(labels=labels, buckets=list(drift.SCORE_BUCKETS))
+            elif name in drift.PER_INSTANCE:
+                self.metrics[name] = family.Metric(labels={**labels, "instance": instance})
+            else:
+                self.metrics[name] = family.Metric(labels=labels)
+        self.threshold = threshold
         self.window = drift.DriftWindow(spec, threshold)
         self.scores, self.flagged = [], 0
 
@@ -55,12 +64,18 @@ class _Product:
 
 
 class LineMetrics:
-    def __init__(self, spec, scoring_spec, config):
+    def __init__(self, spec, scoring_spec, config, instance):
         """`spec`: the drift rule; `scoring_spec`: the calibrations whose thresholds cut off
-        each product's reference law; `config`: the model's config (its warm-up)."""
-        self.spec, self.scoring_spec = spec, scoring_spec
+        each product's reference law; `config`: the model's config (its warm-up); `instance`:
+        this instance's name, the label of its drift gauges."""
+        self.spec, self.scoring_spec, self.instance = spec, scoring_spec, instance
         self.warm_up_left = drift.warm_up_images(config)
         family = pb_utils.MetricFamily  # the stub adds it after importing model.py's modules
+        if not hasattr(family, "HISTOGRAM"):
+            raise RuntimeError(
+                "this Triton's Python backend has no histogram metrics (Triton 2.51, container "
+                "24.10, has them): use a newer container or build with --no-line-metrics"
+            )
         kinds = {"counter": family.COUNTER, "gauge": family.GAUGE, "histogram": family.HISTOGRAM}
         self.families = {
             name: family(name=name, description=text, kind=kinds[kind])
@@ -69,7 +84,8 @@ class LineMetrics:
         self.products = {}
 
     def observe(self, category, scores, decisions):
-        """Count one request's images under its product; unflagged ones enter the window."""
+        """Count one request's images under its product; those under the product's calibrated
+        threshold enter its drift window."""
         if self.warm_up_left > 0:
             self.warm_up_left -= len(_numpy(scores))
             return
@@ -77,12 +93,14 @@ class LineMetrics:
         product = self.products.get(label)
         if product is None:
             threshold = self.scoring_spec.calibration_for(category).threshold
-            product = _Product(self.families, label, self.spec, threshold)
+            product = _Product(self.families, label, self.instance, self.spec, threshold)
             self.products[label] = product
         scores, flagged = _numpy(scores).astype(np.float64), _numpy(decisions).astype(bool)
         product.scores.append(scores)
         product.flagged += int(flagged.sum())
-        product.window.add(scores[~flagged])
+        # What the calibrated threshold would not flag, whatever threshold the request asked
+        # for: the reference law is cut off there.
+        product.window.add(scores[scores <= product.threshold])
 
     def publish(self):
         for product in self.products.values():

@@ -75,7 +75,9 @@ class TritonPythonModel:
         self.metrics = None
         if drift.DRIFT_PARAMETER in params:
             spec = drift.DriftSpec.from_json(params[drift.DRIFT_PARAMETER])
-            self.metrics = line_metrics.LineMetrics(spec, self.spec, config)
+            self.metrics = line_metrics.LineMetrics(
+                spec, self.spec, config, args["model_instance_name"]
+            )
         self.torch = None
         if params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes") == "no":
             self.torch = _import_torch()
