@@ -214,5 +214,6 @@ def deploy_command(**options) -> None:
         + (f", CUDA pool {size['cuda_pool_bytes'] >> 20} MiB" if size["cuda_pool_bytes"] else "")
     )
     click.echo(f"apply with: kubectl apply -k {options['out']}")
+    click.echo(f"or, on KServe instead: kubectl apply -f {options['out']}/inferenceservice.yaml")
     namespace = options["namespace"] or "<namespace>"
     click.echo(f"score with: dcam-client score --url dns:///dcam-triton-pods.{namespace}.svc:8001")

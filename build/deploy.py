@@ -1,10 +1,12 @@
-"""`dcam-build deploy`: a Kustomize overlay for one built repository, so nothing in deploy/ is
-edited by hand. The image tag, model name, input size and resource figures come from the
-repository's `build_report.json`, `manifest.json` and model configs.
+"""`dcam-build deploy`: a Kustomize overlay for one built repository, and the KServe
+InferenceService as its alternative (build/kserve.py), so nothing in deploy/ is edited by hand.
+The image tag, model name, input size and resource figures come from the repository's
+`build_report.json`, `manifest.json` and model configs.
 
-The overlay builds on `deploy/overlays/cpu` (`--target onnx`) or `deploy/overlays/gpu`
-(`--target trt`). It also stamps the pod template with a digest of the build. A new build then
-changes the template, which makes the Deployment roll out (deploy/README.md, "Rolling updates").
+The overlay builds on `deploy/overlays/gpu` when the networks run on a GPU (TensorRT plans, or
+`--target onnx` with a GPU accelerator) and on `deploy/overlays/cpu` otherwise. It also stamps
+the pod template with a digest of the build. A new build then changes the template, which makes
+the Deployment roll out (deploy/README.md, "Rolling updates").
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from dcam.build.config import networks_on_gpu
+from dcam.build.kserve import inference_service, storage_uri
 from dcam.build.report import read_build_report
 from dcam.core.errors import ConfigError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
@@ -235,6 +238,16 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
     files = {"kustomization.yaml": kustomization, "pod.yaml": patch}
     if volume:
         files["volume.yaml"] = volume
+    files["inferenceservice.yaml"] = inference_service(
+        Path(cfg.deploy_dir) / "kserve" / "inferenceservice.yaml",
+        tag=kustomization["images"][0]["newTag"],
+        uri=storage_uri(cfg.model_repository, CLAIM, MOUNT, OBJECT_STORES),
+        resources=resources,
+        gpu=runs_on_gpu(report),
+        cuda_pool_bytes=size.cuda_pool_bytes,
+        namespace=cfg.namespace,
+        annotations={k: v for k, v in annotations.items() if k.endswith("/build")},
+    )
     return {**files, "sizing.json": {**asdict(size), "source": str(repo.resolve())}}
 
 

@@ -7,6 +7,7 @@ one bad request does not. Skips without promtool (Debian's `prometheus` package 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,3 +53,25 @@ def test_rules_fire_on_the_lines_they_should_only(rules: Path) -> None:
         for case in test["alert_rule_test"]
     }
     assert tested == every  # no rule goes untested
+
+
+def test_dashboard_queries_parse(tmp_path: Path) -> None:
+    """Every panel query through Prometheus' parser: each becomes a recording rule (with
+    Grafana's $__rate_interval as 5m) that `promtool check rules` must accept."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian package prometheus) is needed to parse the queries")
+    dashboard = json.loads((ROOT / "deploy" / "monitoring" / "grafana-dashboard.json").read_text())
+    records = [
+        {
+            "record": f"dcam:panel_{p['id']}_{t['refId']}",
+            "expr": t["expr"].replace("$__rate_interval", "5m"),
+        }
+        for p in dashboard["panels"]
+        for t in p["targets"]
+    ]
+    (tmp_path / "queries.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "q", "rules": records}]})
+    )
+    result = promtool("check", "rules", "queries.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(records)} rules found" in result.stdout

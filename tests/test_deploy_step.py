@@ -10,6 +10,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from dcam.build.cli import build_group
@@ -73,6 +74,12 @@ def test_cpu_overlay_carries_the_build(onnx_repo: Path, tmp_path: Path) -> None:
     assert sizing["memory_request_mib"] < sizing["memory_limit_mib"]
     # The base's probes and rollout survive the patch.
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # The KServe alternative carries the same build.
+    service = yaml.safe_load((tmp_path / "line" / "inferenceservice.yaml").read_text())
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtimeVersion"] == "24.10-py3" and model["storageUri"] == "s3://plant/line"
+    assert model["resources"] == container["resources"]
+    assert service["metadata"]["namespace"] == "line"
     # Triton reads s3:// itself: no volume, no claim.
     assert "PersistentVolumeClaim" not in objects
     volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -86,6 +93,8 @@ def test_a_volume_repository_keeps_the_base_claim(onnx_repo: Path, tmp_path: Pat
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
     mounts = {m["mountPath"] for m in _container(objects["Deployment"])["volumeMounts"]}
     assert "/models" in mounts
+    service = yaml.safe_load((tmp_path / "line" / "inferenceservice.yaml").read_text())
+    assert service["spec"]["predictor"]["model"]["storageUri"] == "pvc://dcam-models"
 
 
 def test_gpu_accelerated_onnx_build_goes_to_gpu_nodes(onnx_repo: Path, tmp_path: Path) -> None:
@@ -156,6 +165,11 @@ def test_gpu_overlay_sizes_the_cuda_pool_and_pins_the_build_release(
     batch = report["config"]["max_batch_size"]
     needed = POOL_BATCHES * batch * 2 * feature_bytes(Manifest.read(repo))
     assert needed <= pool < 2 * needed and pool & (pool - 1) == 0  # the next power of two
+    service = yaml.safe_load((tmp_path / "gpu" / "inferenceservice.yaml").read_text())
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtimeVersion"] == "24.10-pyt-python-py3"
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert f"--cuda-memory-pool-byte-size=0:{pool}" in model["args"]
     refused = CliRunner().invoke(
         build_group, ["deploy", str(repo), "--out", str(tmp_path / "x"), "--image-tag", "25.01-py3"]
     )

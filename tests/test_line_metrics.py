@@ -177,9 +177,33 @@ def dashboard_and_rule_queries() -> dict[str, str]:
     return queries
 
 
+SERIES = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? ")
+SELECTOR = re.compile(r"\b((?:dcam|nv)_[a-z0-9_]+)\{([^}]*)\}")
+MATCHER = re.compile(r'(\w+)\s*(=~|!=|=)\s*"([^"]*)"')
+
+
+def served_series(page: str) -> list[tuple[str, dict[str, str]]]:
+    """(name, labels) of every series on a metrics page, names as written there."""
+    series = []
+    for line in page.splitlines():
+        found = SERIES.match(line)
+        if found and not line.startswith("#"):
+            labels = dict((k, v) for k, _, v in MATCHER.findall(found.group(2) or ""))
+            series.append((found.group(1), labels))
+    return series
+
+
+def _matches(labels: dict[str, str], matchers: list[tuple[str, str, str]]) -> bool:
+    ops = {"=": lambda a, b: a == b, "!=": lambda a, b: a != b}
+    return all(
+        re.fullmatch(value, labels.get(key, "")) if op == "=~" else ops[op](labels.get(key), value)
+        for key, op, value in matchers
+    )
+
+
 def test_dashboard_and_alert_rules_use_names_the_server_serves(server, good_line) -> None:
-    page = scrape(server)
-    served = {line.split("{")[0].split(" ")[0] for line in page.splitlines() if line[:1] != "#"}
+    series = served_series(scrape(server))
+    served = {name for name, _ in series}
     queries = dashboard_and_rule_queries()
     assert len(queries) >= 12
     for where, expr in queries.items():
@@ -187,6 +211,11 @@ def test_dashboard_and_alert_rules_use_names_the_server_serves(server, good_line
         assert names, where
         for name in names:
             assert name in served, f"{where} uses {name}, which the server does not serve"
+        for name, selector in SELECTOR.findall(expr):  # label matchers select real series
+            matchers = MATCHER.findall(selector)
+            assert any(n == name and _matches(labels, matchers) for n, labels in series), (
+                f"{where}: no served {name} matches {{{selector}}}"
+            )
     # Each product's status a person can act on is there: rate, scores, drift, Triton's side.
     used = " ".join(queries.values())
     for name in (drift.FLAGGED, drift.IMAGES, f"{drift.SCORES}_bucket", drift.PSI, drift.ALARM):

@@ -1,0 +1,57 @@
+"""The KServe alternative for one build: deploy/kserve/inferenceservice.yaml with the figures
+`dcam-build deploy` computed for the Kustomize overlay (runtime tag, resources, where the
+repository is), written beside the overlay. Apply it instead of the overlay, not with it:
+`kubectl apply -f OUT/inferenceservice.yaml`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from dcam.core.errors import ConfigError
+
+GPU = "nvidia.com/gpu"
+
+
+def storage_uri(model_repository: str, claim: str, mount: str, stores: tuple[str, ...]) -> str:
+    """Object storage as it is; a path on the model volume as KServe's pvc://CLAIM/PATH."""
+    if model_repository.startswith(stores):
+        return model_repository
+    path = Path(model_repository)
+    if not path.is_relative_to(mount):
+        raise ConfigError(
+            f"--model-repository {model_repository} is neither object storage nor under the "
+            f"model volume's {mount}: KServe cannot reach it"
+        )
+    rest = path.relative_to(mount).as_posix()
+    return f"pvc://{claim}" + ("" if rest == "." else f"/{rest}")
+
+
+def inference_service(
+    template: Path,
+    *,
+    tag: str,
+    uri: str,
+    resources: dict,
+    gpu: bool,
+    cuda_pool_bytes: int | None,
+    namespace: str | None,
+    annotations: dict[str, str],
+) -> dict:
+    """The template with this build's runtime tag, storage, resources and annotations."""
+    service = yaml.safe_load(template.read_text())
+    if namespace:
+        service["metadata"]["namespace"] = namespace
+    service["metadata"].setdefault("annotations", {}).update(annotations)
+    model = service["spec"]["predictor"]["model"]
+    model.update(runtimeVersion=tag, storageUri=uri)
+    model["resources"] = {kind: dict(values) for kind, values in resources.items()}
+    if gpu:
+        for kind in ("requests", "limits"):
+            model["resources"][kind][GPU] = "1"
+        model["args"] = [
+            *model.get("args", []),
+            f"--cuda-memory-pool-byte-size=0:{cuda_pool_bytes}",
+        ]
+    return service
