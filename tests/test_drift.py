@@ -12,7 +12,7 @@ from google.protobuf.json_format import MessageToDict
 
 from dcam.build.config import BuildConfig
 from dcam.client.results import Result
-from dcam.client.status import histogram_quantile
+from dcam.client.status import format_status, histogram_quantile, line_status
 from dcam.client.summary import Tally
 from dcam.core import drift
 from dcam.core.errors import ConfigError
@@ -100,3 +100,36 @@ def test_tally_rates_per_product() -> None:
     assert products["nut"] == {"scored": 2, "flagged": 1, "failed": 1, "anomaly_rate": 0.5}
     assert products[drift.UNKNOWN_CATEGORY]["scored"] == 1
     assert "nut: 2 scored, 1 anomalous (50.0%), 1 failed" in tally.summary()
+
+
+def test_status_takes_the_worst_instance_and_sums_the_counts() -> None:
+    """The exposition Triton writes for two instances of a judging model (shape as served)."""
+    page = "\n".join(
+        [
+            "# TYPE dcam_images_total counter",
+            'dcam_images_total{category="nut"} 300',
+            "# TYPE dcam_images_flagged_total counter",
+            'dcam_images_flagged_total{category="nut"} 6',
+            "# TYPE dcam_drift_psi gauge",
+            'dcam_drift_psi{category="nut",instance="calibrate_0_0"} 0.2',
+            'dcam_drift_psi{category="nut",instance="calibrate_0_1"} 0.7',
+            "# TYPE dcam_drift_alarm gauge",
+            'dcam_drift_alarm{category="nut",instance="calibrate_0_0"} 0',
+            'dcam_drift_alarm{category="nut",instance="calibrate_0_1"} 1',
+            "# TYPE dcam_normal_score_mean gauge",
+            'dcam_normal_score_mean{category="nut",instance="calibrate_0_0"} 0.5',
+            'dcam_normal_score_mean{category="nut",instance="calibrate_0_1"} 1.5',
+            "# TYPE nv_inference_queue_duration_us counter",
+            'nv_inference_queue_duration_us{model="fused",version="1"} 30000',
+            'nv_inference_queue_duration_us{model="dcam",version="1"} 999999',
+            "# TYPE nv_inference_request_success counter",
+            'nv_inference_request_success{model="fused",version="1"} 10',
+            "",
+        ]
+    )
+    status = line_status(page)
+    nut = status["products"]["nut"]
+    assert (nut["images"], nut["flagged"], nut["anomaly_rate"]) == (300, 6, 0.02)
+    assert nut["drift_psi"] == 0.7 and nut["drift_alarm"] and nut["normal_score_mean"] == 1.0
+    assert status["queue_ms_per_request"] == 3.0  # the ensemble's own figure left out
+    assert "DRIFT" in format_status(status).splitlines()[1]
