@@ -116,10 +116,7 @@ def report(payload: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--images", type=int, default=160)
-    p.add_argument("--rounds", type=int, default=5)
-    common.add_run_arguments(p)
+    common.add_client_load_arguments(p, rounds=5)
     args = p.parse_args()
     work = common.work_folder(args, "dcam-bench-")
     repo = build(common.benchmark_run(work, args.size), work, args.layout)

@@ -78,6 +78,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
 
 
+def add_client_load_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """The client-load benchmarks' PNG files (--size, --images), --rounds, and the run ones."""
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--images", type=int, default=160)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    add_run_arguments(parser)
+
+
 def work_folder(args: argparse.Namespace, prefix: str) -> Path:
     work = Path(args.work or tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)

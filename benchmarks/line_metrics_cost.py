@@ -72,10 +72,7 @@ def report(payload: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--images", type=int, default=160)
-    p.add_argument("--rounds", type=int, default=7)
-    common.add_run_arguments(p)
+    common.add_client_load_arguments(p, rounds=7)
     args = p.parse_args()
     work = common.work_folder(args, "dcam-bench-")
     run = common.benchmark_run(work, args.size)
