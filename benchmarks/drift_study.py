@@ -65,12 +65,13 @@ def study_seed(work: Path, seed: int, good: int) -> dict:
             z, flagged = np.asarray(scored.normalised), np.asarray(scored.decisions)
             window = drift.DriftWindow(drift.DriftSpec(), threshold)
             window.add(z[~flagged])
+            reading = window.reading()
             rows[f"{category} / {name}"] = {
-                "psi": window.statistic(),
-                "alarm": window.alarm(),
+                "psi": reading.psi,
+                "alarm": reading.alarm,
                 "anomaly_rate": float(flagged.mean()),
-                "normal_mean": window.mean(),
-                "window": window.filled,
+                "normal_mean": reading.mean,
+                "window": reading.filled,
             }
             print(seed, category, name, rows[f"{category} / {name}"], flush=True)
     return rows

@@ -130,7 +130,7 @@ def build_group() -> None:
     "--drift-window",
     type=int,
     default=_d("drift_window"),
-    help="Unflagged images per product the drift statistic (PSI) is computed over.",
+    help="Images per product, under its calibrated threshold, the drift PSI is over.",
 )
 @click.option(
     "--drift-bins", type=int, default=_d("drift_bins"), help="Equal-probability bins of the PSI."

@@ -57,7 +57,7 @@ class BuildConfig:
     opset: int = 17
     # Per-product counts, score histograms and drift on Triton's metrics port (core/drift.py).
     line_metrics: bool = True
-    drift_window: int = DriftSpec.window  # unflagged images per product the drift is over
+    drift_window: int = DriftSpec.window  # images per product (under its threshold) drift is over
     drift_bins: int = DriftSpec.bins
     drift_alarm: float = DriftSpec.alarm  # PSI at or above which a product's alarm is on
     force: bool = False

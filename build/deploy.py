@@ -20,12 +20,13 @@ from pathlib import Path
 import yaml
 
 from dcam.build.config import networks_on_gpu
-from dcam.build.kserve import inference_service, storage_uri
-from dcam.build.report import read_build_report
+from dcam.build.kserve import inference_service, volume_uri
+from dcam.build.report import REPORT_FILE, read_build_report
 from dcam.core.errors import ConfigError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
+from dcam.core.manifest import FILENAME as MANIFEST_FILE
 from dcam.core.manifest import Manifest
-from dcam.core.names import CALIBRATE_MODEL, ENSEMBLE_MODEL, POSTPROCESS_MODEL
+from dcam.core.names import ENSEMBLE_MODEL, ENTRY_MODELS
 from dcam.serve.compat import read_configs
 
 # deploy/ in the source checkout: dcam's subpackages are the checkout's top-level folders.
@@ -71,6 +72,11 @@ class DeployConfig:
         if self.replicas < 1:
             raise ConfigError("replicas must be >= 1")
 
+    @property
+    def in_object_storage(self) -> bool:
+        """Triton reads the repository itself (s3://, gs://, as://): no model volume."""
+        return self.model_repository.startswith(OBJECT_STORES)
+
 
 @dataclass(frozen=True)
 class Sizing:
@@ -94,9 +100,8 @@ def feature_bytes(manifest: Manifest) -> int:
 
 
 def image_models(configs: dict) -> list[str]:
-    """The models that run a network (not the ensemble, post-processing or calibration)."""
-    skip = {ENSEMBLE_MODEL, POSTPROCESS_MODEL, CALIBRATE_MODEL}
-    return [name for name, c in configs.items() if name not in skip and c.platform != "ensemble"]
+    """The models that run a network: those requests enter (not post-processing)."""
+    return [name for name in configs if name in ENTRY_MODELS]
 
 
 def _instances(config) -> int:
@@ -132,15 +137,14 @@ def sizing(repo: Path, report: dict, manifest: Manifest) -> Sizing:
     batch = report["config"]["max_batch_size"]
     instances = max(_instances(configs[m]) for m in models)
     nets = 2  # teacher and student, as two models or inside the fused graph
+    features = feature_bytes(manifest)
     weights = sum(f.stat().st_size for m in models for f in (repo / m).rglob("model.*"))
     height, width = manifest.input_size
-    per_batch = batch * (
-        nets * ACTIVATION_FACTOR * feature_bytes(manifest) + MAPS_PER_IMAGE * 4 * height * width
-    )
+    per_batch = batch * (nets * ACTIVATION_FACTOR * features + MAPS_PER_IMAGE * 4 * height * width)
     base = GPU_BASE_MIB if gpu else CPU_BASE_MIB
     request = _round_up(base + (2 * weights + instances * per_batch) / MIB, 256)
     threads = sum(_threads(configs[m]) * _instances(configs[m]) for m in models)
-    pool = POOL_BATCHES * instances * batch * nets * feature_bytes(manifest)
+    pool = POOL_BATCHES * instances * batch * nets * features
     size = sum(f.stat().st_size for f in repo.rglob("*") if f.is_file())
     return Sizing(
         cpu=None if gpu else str(max(threads, 1)),
@@ -175,7 +179,7 @@ def image_tag(report: dict, requested: str | None) -> str:
 def build_digest(repo: Path) -> str:
     """A short digest of the build report and manifest: changes with every build."""
     digest = hashlib.sha256()
-    for name in ("build_report.json", "manifest.json"):
+    for name in (REPORT_FILE, MANIFEST_FILE):
         digest.update((repo / name).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -189,7 +193,8 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
             f"{repo} was built with --target {report['target']}, for the embedded server's "
             "Python backend; NVIDIA's container serves --target onnx (CPU) or --target trt (GPU)"
         )
-    overlay = Path(cfg.deploy_dir) / OVERLAYS[runs_on_gpu(report)]
+    gpu = runs_on_gpu(report)
+    overlay = Path(cfg.deploy_dir) / OVERLAYS[gpu]
     if not (overlay / "kustomization.yaml").is_file():
         raise ConfigError(f"{overlay} is not a kustomization: pass --deploy-dir (dcam's deploy/)")
     size, (height, width) = sizing(repo, report, manifest), manifest.input_size
@@ -221,7 +226,7 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
         },
     }
     volume = volume_patch(cfg, size.storage_gib)
-    if cfg.model_repository.startswith(OBJECT_STORES):
+    if cfg.in_object_storage:
         pod = patch["spec"]["template"]["spec"]
         pod["volumes"] = [{"name": VOLUME, "$patch": "delete"}]
         pod["containers"][0]["volumeMounts"] = [{"mountPath": MOUNT, "$patch": "delete"}]
@@ -241,9 +246,11 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
     files["inferenceservice.yaml"] = inference_service(
         Path(cfg.deploy_dir) / "kserve" / "inferenceservice.yaml",
         tag=kustomization["images"][0]["newTag"],
-        uri=storage_uri(cfg.model_repository, CLAIM, MOUNT, OBJECT_STORES),
+        uri=cfg.model_repository
+        if cfg.in_object_storage
+        else volume_uri(cfg.model_repository, CLAIM, MOUNT),
         resources=resources,
-        gpu=runs_on_gpu(report),
+        gpu=gpu,
         cuda_pool_bytes=size.cuda_pool_bytes,
         namespace=cfg.namespace,
         annotations={k: v for k, v in annotations.items() if k.endswith("/build")},
@@ -265,7 +272,7 @@ def volume_patch(cfg: DeployConfig, needed_gib: int) -> dict | None:
     only where its storage class allows); its deletion when the repository is in object
     storage; else a larger claim."""
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM}}
-    if cfg.model_repository.startswith(OBJECT_STORES):
+    if cfg.in_object_storage:
         return {**claim, "$patch": "delete"}
     if needed_gib <= base_storage_gib(Path(cfg.deploy_dir)):
         return None

@@ -14,17 +14,16 @@ from dcam.core.errors import ConfigError
 GPU = "nvidia.com/gpu"
 
 
-def storage_uri(model_repository: str, claim: str, mount: str, stores: tuple[str, ...]) -> str:
-    """Object storage as it is; a path on the model volume as KServe's pvc://CLAIM/PATH."""
-    if model_repository.startswith(stores):
-        return model_repository
-    path = Path(model_repository)
-    if not path.is_relative_to(mount):
+def volume_uri(path: str, claim: str, mount: str) -> str:
+    """A repository path on the model volume (claim, mounted at mount) as KServe's
+    pvc://CLAIM/PATH."""
+    where = Path(path)
+    if not where.is_relative_to(mount):
         raise ConfigError(
-            f"--model-repository {model_repository} is neither object storage nor under the "
-            f"model volume's {mount}: KServe cannot reach it"
+            f"--model-repository {path} is neither object storage nor under the model volume's "
+            f"{mount}: KServe cannot reach it"
         )
-    rest = path.relative_to(mount).as_posix()
+    rest = where.relative_to(mount).as_posix()
     return f"pvc://{claim}" + ("" if rest == "." else f"/{rest}")
 
 

@@ -15,10 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dcam.core import drift
 from dcam.core.errors import ClientError
-from dcam.core.names import FUSED_MODEL, ROLES
+from dcam.core.names import ENTRY_MODELS
 
 QUEUE_US, REQUESTS = "nv_inference_queue_duration_us", "nv_inference_request_success"
-ENTRY_MODELS = (*ROLES, FUSED_MODEL)  # the models requests enter (the ensemble only routes)
 
 
 def scrape(url: str, timeout_s: float = 5.0) -> str:

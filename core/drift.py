@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -128,6 +129,16 @@ def psi(values: np.ndarray, edges: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
+class DriftReading(NamedTuple):
+    """What a window says now, computed once: its PSI, whether that is an alarm, how many
+    images it holds and their mean z-score."""
+
+    psi: float
+    alarm: bool
+    filled: int
+    mean: float
+
+
 class DriftWindow:
     """The last `spec.window` z-scores of one product under its calibrated threshold, and their
     PSI."""
@@ -157,10 +168,14 @@ class DriftWindow:
         return psi(self.values, self.edges)
 
     def alarm(self) -> bool:
-        return self.statistic() >= self.spec.alarm
+        return self.reading().alarm
 
     def mean(self) -> float:
         return float(self.values[: self.filled].mean()) if self.count else 0.0
+
+    def reading(self) -> DriftReading:
+        value = self.statistic()
+        return DriftReading(value, value >= self.spec.alarm, self.filled, self.mean())
 
 
 def warm_up_images(config: dict) -> int:

@@ -17,6 +17,9 @@ ROLES = ("teacher", "student")
 POSTPROCESS_MODEL = "postprocess"  # ensemble layout: teacher || student -> postprocess
 FUSED_MODEL = "fused"  # fused layout: one graph (map, raw score) -> calibrate (score, decision)
 CALIBRATE_MODEL = "calibrate"
+# The models requests enter, which take the images; the ensemble only routes, and the models
+# after them see only what these admitted. Their queue time is what autoscaling watches.
+ENTRY_MODELS = (*ROLES, FUSED_MODEL)
 
 
 def feature_name(role: str, level: str) -> str:

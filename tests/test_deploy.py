@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from dcam.build.config import BuildConfig
+from dcam.core.names import ENTRY_MODELS
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 KUBERNETES = "1.32.0"  # the kubectl this machine kind has; Triton's docs target current clusters
@@ -103,6 +104,7 @@ def test_autoscalers_target_the_deployment_on_triton_queue_time() -> None:
     for query in (rules["rules"][0]["metricsQuery"], trigger["metadata"]["query"]):
         assert "nv_inference_queue_duration_us" in query
         assert "nv_inference_request_success" in query
+        assert f'model=~"{"|".join(ENTRY_MODELS)}"' in query  # the models requests enter
 
 
 def test_kserve_and_monitoring_resources() -> None:

@@ -56,10 +56,11 @@ class _Product:
         histogram = self.metrics[drift.SCORES]
         for value in scores:
             histogram.observe(float(value))
-        self.metrics[drift.PSI].set(self.window.statistic())
-        self.metrics[drift.WINDOW].set(float(self.window.filled))
-        self.metrics[drift.ALARM].set(1.0 if self.window.alarm() else 0.0)
-        self.metrics[drift.NORMAL_MEAN].set(self.window.mean())
+        reading = self.window.reading()  # the PSI once per batch, not once per gauge
+        self.metrics[drift.PSI].set(reading.psi)
+        self.metrics[drift.WINDOW].set(float(reading.filled))
+        self.metrics[drift.ALARM].set(1.0 if reading.alarm else 0.0)
+        self.metrics[drift.NORMAL_MEAN].set(reading.mean)
         self.scores, self.flagged = [], 0
 
 
