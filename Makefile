@@ -18,6 +18,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	bash .ci/system-deps.sh
+	test -x $(BIN)/python || bash .ci/disk-check.sh 7 . "the virtualenv (torch's CUDA build)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
@@ -45,7 +46,9 @@ demo: setup
 	kill -TERM $$pid; wait $$pid; \
 	[ $$status -eq 0 ] && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores.jsonl
 
+# A run writes up to 2.3 GiB under $TMPDIR, removed when every test passes (pyproject.toml).
 test: setup
+	bash .ci/disk-check.sh 3 "$${TMPDIR:-/tmp}" "the test run"
 	$(BIN)/python -m pytest
 
 lint: setup

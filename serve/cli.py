@@ -77,6 +77,7 @@ def serve_command(
         log_verbose=log_verbose,
         api_key=api_key,
         grpc_tls=_tls(grpc_server_cert, grpc_server_key, grpc_root_cert),
+        keep_log=True,
     )
     for line in exposure_notes(config):
         click.echo(line)

@@ -45,6 +45,7 @@ class ServerConfig:
     log_verbose: int = 0
     api_key: str | None = None  # the key to the control APIs (serve/security.py)
     grpc_tls: GrpcTls | None = None  # TLS on gRPC; plain HTTP then binds loopback only
+    keep_log: bool = False  # keep server.log after stop (dcam-serve does); else nothing is left
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -112,8 +113,8 @@ class TritonServer:
             name: getattr(config, f"{name}_port") or free_port(config.host)
             for name in ("http", "grpc", "metrics")
         }
-        self._work = Path(tempfile.mkdtemp(prefix="dcam-triton-"))
-        self.log_path = self._work / "server.log"
+        self._work: Path | None = None  # made by start(): a server never started leaves nothing
+        self.log_path: Path | None = None
         self.process: subprocess.Popen | None = None
         # Stale Python-backend regions removed before starting and after stopping.
         self.freed_at_start = self.freed_at_stop = Freed()
@@ -147,7 +148,17 @@ class TritonServer:
             if port_in_use(self.config.host, port):
                 raise ServerError(f"{name} port {port} on {self.config.host} is already in use")
         self.freed_at_start = remove_stale_regions()  # left by servers killed hard earlier
-        runtime = prepare_runtime(self._work / "runtime")
+        self._work = Path(tempfile.mkdtemp(prefix="dcam-triton-"))
+        self.log_path = self._work / "server.log"
+        try:
+            self._launch(repo, prepare_runtime(self._work / "runtime"))
+        except BaseException:
+            self.stop()
+            raise
+        self.wait_ready()
+        return self
+
+    def _launch(self, repo: Path, runtime: Path) -> None:
         cmd = [
             str(runtime / "bin" / "tritonserver"),
             f"--model-repository={repo.resolve()}",
@@ -166,16 +177,14 @@ class TritonServer:
             *self.security_args(),
             *self.config.extra_args,
         ]
-        log = self.log_path.open("wb")
         # Own process group, so stopping it also ends the Python backend stubs.
-        self.process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
-        )
-        self.wait_ready()
-        return self
+        with self.log_path.open("wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+            )
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
+        if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -184,9 +193,10 @@ class TritonServer:
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                tail = self.log_tail()  # read before stop() removes the log
                 self.stop()
                 raise ServerError(
-                    f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}"
+                    f"tritonserver exited with code {self.process.returncode}:\n{tail}"
                 )
             if _is_ready(url):
                 return
@@ -198,7 +208,11 @@ class TritonServer:
         )
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the server's process group, then SIGKILL what is left; remove the work dir."""
+        """SIGTERM the server's process group, then SIGKILL what is left; remove the work dir.
+
+        Tests and benchmarks start thousands of servers: each leaving its folder behind filled a
+        CI machine's disk, so only a server told to keep its log leaves that one file.
+        """
         proc = self.process
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -213,7 +227,8 @@ class TritonServer:
             # Stubs that outlive the server would keep shared memory alive.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(self._work / "runtime", ignore_errors=True)
+        if self._work is not None:
+            shutil.rmtree(self._work / "runtime" if self.config.keep_log else self._work, True)
         if proc is not None:
             self.freed_at_stop = remove_stale_regions()  # what stubs killed above left
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,14 +85,18 @@ def test_server_reports_port_in_use_and_load_failures(ensemble_repo: Path, tmp_p
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
         sock.listen()
+        refused = TritonServer(ServerConfig(ensemble_repo, http_port=port))
         with pytest.raises(ServerError, match=f"port {port}"):
-            TritonServer(ServerConfig(ensemble_repo, http_port=port)).start()
+            refused.start()
+        assert refused.log_path is None  # refused before anything was written
     broken = tmp_path / "broken"
     (broken / "dcam" / "1").mkdir(parents=True)
     (broken / "dcam" / "config.pbtxt").write_text('name: "dcam"\nbackend: "python"\n')
     (broken / "dcam" / "1" / "model.py").write_text("raise RuntimeError('boom at import')\n")
-    with pytest.raises(ServerError, match="boom at import"):
-        TritonServer(ServerConfig(broken, ready_timeout_s=60)).start()
+    failed = TritonServer(ServerConfig(broken, ready_timeout_s=60))
+    with pytest.raises(ServerError, match="boom at import"):  # the log's tail, read before removal
+        failed.start()
+    assert not failed.log_path.parent.exists()
 
 
 def test_reference_outputs_shapes(tiny_run: Path) -> None:
@@ -196,3 +201,18 @@ def test_category_parameter_applies_that_products_calibration(
             np.testing.assert_array_equal(got[2][clear], ref[2][clear])
         with pytest.raises(InferenceServerException, match=r"unknown category 'sofa'.*carpet"):
             infer("http", server.http_url, images, category="sofa")
+
+
+def test_a_stopped_server_leaves_no_folder_unless_told_to_keep_its_log(ensemble_repo: Path) -> None:
+    """Test runs start hundreds of servers: each leaving its folder behind once filled CI's disk."""
+    with TritonServer(ServerConfig(ensemble_repo)) as plain:
+        work = plain.log_path.parent
+        assert (work / "runtime" / "bin" / "tritonserver").is_file()
+    assert not work.exists()
+    with TritonServer(ServerConfig(ensemble_repo, keep_log=True)) as kept:
+        pass
+    try:
+        assert "Started GRPCInferenceService" in kept.log_path.read_text()
+        assert sorted(p.name for p in kept.log_path.parent.iterdir()) == ["server.log"]
+    finally:
+        shutil.rmtree(kept.log_path.parent)
