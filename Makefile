@@ -46,7 +46,7 @@ demo: setup
 	kill -TERM $$pid; wait $$pid; \
 	[ $$status -eq 0 ] && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores.jsonl
 
-# A run writes up to 2.3 GiB under $TMPDIR, removed when every test passes (pyproject.toml).
+# A run writes up to 1.3 GiB under $TMPDIR, removed when every test passes (pyproject.toml).
 test: setup
 	bash .ci/disk-check.sh 3 "$${TMPDIR:-/tmp}" "the test run"
 	$(BIN)/python -m pytest
