@@ -131,10 +131,7 @@ def main() -> None:
         "stamp": common.stamp(),
         "summary": summarise(rates),
     }
-    stem = common.RESULTS / f"client-transport-{args.tag}"
-    common.write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(report(payload))
-    print(report(payload))
+    common.publish(f"client-transport-{args.tag}", payload, report)
 
 
 if __name__ == "__main__":

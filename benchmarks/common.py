@@ -10,6 +10,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,19 @@ def production_files(folder: Path, n: int, size: int) -> list[Path]:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, payload)
+
+
+def publish(stem: str, payload: dict, report: Callable[[dict], str]) -> Path:
+    """Write results/<stem>.json and its Markdown report, print the report; returns the stem path.
+
+    Every benchmark ends this way, so a result is always the JSON beside its rendered table.
+    """
+    path = RESULTS / stem
+    write_json(path.with_suffix(".json"), payload)
+    text = report(payload)
+    path.with_suffix(".md").write_text(text)
+    print(text)
+    return path
 
 
 def conv_gflops(threads: int = 0, batch: int = 8) -> float:

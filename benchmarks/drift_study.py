@@ -110,10 +110,7 @@ def main() -> None:
     work = common.work_folder(args, "dcam-drift-")
     seeds = {seed: study_seed(work, seed, args.good) for seed in args.seeds}
     payload = {"tag": args.tag, "good": args.good, "stamp": common.stamp(), "seeds": seeds}
-    stem = common.RESULTS / f"drift-study-{args.tag}"
-    common.write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(report(payload))
-    print(report(payload))
+    common.publish(f"drift-study-{args.tag}", payload, report)
 
 
 if __name__ == "__main__":

@@ -99,10 +99,7 @@ def main() -> None:
         "rates": rates,
         "on_over_off": median["metrics_on"] / median["metrics_off"],
     }
-    stem = common.RESULTS / f"line-metrics-cost-{args.tag}"
-    common.write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(report(payload))
-    print(report(payload))
+    common.publish(f"line-metrics-cost-{args.tag}", payload, report)
 
 
 if __name__ == "__main__":

@@ -305,11 +305,8 @@ def main() -> None:
         "layout": args.layout, "warm_up": args.warm_up, "stamp": common.stamp(),
         "passes": passes,
     }  # fmt: skip
-    stem = common.RESULTS / f"soak-{args.tag}"
-    common.write_json(stem.with_suffix(".json"), payload)
+    stem = common.publish(f"soak-{args.tag}", payload, report)
     plot(passes, stem.with_suffix(".png"))
-    stem.with_suffix(".md").write_text(report(payload))
-    print(report(payload))
 
 
 if __name__ == "__main__":
