@@ -11,8 +11,17 @@ from pathlib import Path
 
 import click
 
-from dcam.build.config import BUILDERS, LAYOUTS, ONNX_ACCELERATORS, TARGETS, BuildConfig
-from dcam.build.deploy import DEFAULT_RELEASE, DeployConfig
+from dcam.build.config import (
+    BUILDERS,
+    HARDWARE_COMPATIBILITY,
+    LAYOUTS,
+    ONNX_ACCELERATORS,
+    PLAN_STEPS,
+    TARGETS,
+    BuildConfig,
+)
+from dcam.build.deploy import DeployConfig
+from dcam.build.releases import DEFAULT_RELEASE, RELEASES
 from dcam.core.cli import default, reports_errors
 
 
@@ -60,7 +69,29 @@ def build_group() -> None:
     "--layout",
     type=click.Choice(LAYOUTS),
     default=_d("layout"),
-    help="ensemble: teacher || student -> postprocess; fused: one graph.",
+    help="ensemble: teacher || student -> postprocess; fused: one graph -> calibrate; auto: "
+    "fused on a GPU (the stock -py3 image serves it), else ensemble.",
+)
+@click.option(
+    "--triton-release",
+    type=click.Choice(list(RELEASES)),
+    default=_d("triton_release"),
+    help="The Triton container release that serves the build: its TensorRT picks the FP16 "
+    "route and must build the plans.",
+)
+@click.option(
+    "--plans",
+    type=click.Choice(PLAN_STEPS),
+    default=_d("plans"),
+    help="--target trt: here builds and checks the plans now (TensorRT and the serving GPU "
+    "here); pod writes the graphs and build_plans.py for the serving image to build them.",
+)
+@click.option(
+    "--hardware-compatibility",
+    type=click.Choice(HARDWARE_COMPATIBILITY),
+    default=_d("hardware_compatibility"),
+    help="TensorRT plans for this GPU model only (none), any Ampere or newer GPU (ampere+: "
+    "fewer tactics, slower) or this compute capability (same-cc).",
 )
 @click.option("--max-batch-size", type=int, default=_d("max_batch_size"))
 @click.option(
@@ -83,8 +114,9 @@ def build_group() -> None:
     "--max-queue-size",
     type=int,
     default=_d("max_queue_size"),
-    help="Reject requests beyond this many queued (0: unbounded; needs a Triton newer than the "
-    "embedded 2.51, which dcam-serve refuses it on).",
+    help="Reject requests beyond this many queued (0: unbounded; default: 4 full batches per "
+    "instance for trt and onnx on a release with the ensemble fix, else unbounded; the "
+    "embedded 2.51 crashes on it, so dcam-serve refuses it).",
 )
 @click.option("--instances", type=int, default=_d("instances"), help="Instances per model.")
 @click.option(

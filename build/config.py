@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcam.build.plans import HARDWARE_LEVELS
+from dcam.build.releases import DEFAULT_RELEASE, release
 from dcam.core.drift import DriftSpec
 from dcam.core.errors import ConfigError
 
@@ -15,8 +17,16 @@ from dcam.core.errors import ConfigError
 # trt: prebuilt FP16 TensorRT plans.
 TARGETS = ("auto", "cpu", "onnx", "trt")
 ONNX_ACCELERATORS = ("none", "tensorrt")
-LAYOUTS = ("ensemble", "fused")
+LAYOUTS = ("auto", "ensemble", "fused")
 BUILDERS = ("python", "trtexec")
+# here: build and check the plans now (TensorRT and the serving GPU model here); pod: write the
+# graphs and build_plans.py, and let the serving image build them on its GPU (deploy/).
+PLAN_STEPS = ("here", "pod")
+HARDWARE_COMPATIBILITY = tuple(HARDWARE_LEVELS)
+# Queued requests per instance and per image of the largest batch, for a bounded queue: four
+# full batches of one-image requests wait at most; past that the client's back-off is better
+# than a longer queue.
+QUEUE_BATCHES = 4
 
 
 def networks_on_gpu(target: str, onnx_accelerator: str) -> bool:
@@ -30,7 +40,16 @@ class BuildConfig:
     run_dir: str
     out: str
     target: str = "auto"  # auto: trt where TensorRT and a CUDA GPU are present, else cpu
-    layout: str = "ensemble"  # ensemble: teacher || student -> postprocess; fused: one graph
+    # ensemble: teacher || student -> postprocess; fused: one graph -> calibrate (numpy only,
+    # so a GPU repository loads in the stock -py3 image); auto: fused on a GPU, else ensemble.
+    layout: str = "auto"
+    # The Triton container release that serves the build: its TensorRT decides the FP16 route
+    # and must be the one that builds the plans (build/releases.py).
+    triton_release: str = DEFAULT_RELEASE
+    plans: str = "here"
+    # TensorRT's hardware compatibility: none (this GPU model only, fastest), ampere+ (any
+    # Ampere or newer GPU; fewer tactics, no cuDNN/cuBLAS), same-cc (this compute capability).
+    hardware_compatibility: str = "none"
     max_batch_size: int = 32
     opt_batch_size: int = 8  # TensorRT profile optimum and Triton's preferred batch size
     min_batch_size: int = 1
@@ -40,9 +59,11 @@ class BuildConfig:
     # the default client load (batch 8, 4 in flight: 691 ms at 256 px on 2 CPU cores,
     # benchmarks/README.md), so only a server far behind rejects. Requests may override it.
     queue_timeout_ms: int = 3000
-    # Requests a queue holds before rejecting new ones; 0: unbounded. The embedded tritonserver
-    # 2.51 crashes when an ensemble step rejects for it (core#466), so dcam-serve refuses it.
-    max_queue_size: int = 0
+    # Requests a queue holds before rejecting new ones; 0: unbounded; None: bounded for
+    # NVIDIA's containers from the release that fixed core#466 (QUEUE_BATCHES full batches per
+    # instance), unbounded for the embedded tritonserver 2.51, which crashes when an ensemble
+    # step rejects for it (dcam-serve refuses a bound).
+    max_queue_size: int | None = None
     instances: int = 1  # instances per model
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0: cores / sessions
     workspace_mib: int = 4096  # TensorRT builder workspace
@@ -67,6 +88,8 @@ class BuildConfig:
             ("target", self.target, TARGETS),
             ("layout", self.layout, LAYOUTS),
             ("builder", self.builder, BUILDERS),
+            ("plans", self.plans, PLAN_STEPS),
+            ("hardware_compatibility", self.hardware_compatibility, HARDWARE_COMPATIBILITY),
             ("onnx_accelerator", self.onnx_accelerator, ONNX_ACCELERATORS),
         ):
             if value not in choices:
@@ -79,8 +102,9 @@ class BuildConfig:
             )
         if self.instances < 1 or min(self.queue_delay_us, self.threads) < 0:
             raise ConfigError("instances must be >= 1, queue_delay_us and threads >= 0")
-        if min(self.queue_timeout_ms, self.max_queue_size) < 0:
+        if min(self.queue_timeout_ms, self.max_queue_size or 0) < 0:
             raise ConfigError("queue_timeout_ms and max_queue_size must be >= 0 (0: unbounded)")
+        release(self.triton_release)  # an unknown release is refused before any work
 
         if self.onnx_accelerator != "none" and self.target != "onnx":
             raise ConfigError("--onnx-accelerator applies to --target onnx only")
@@ -98,6 +122,20 @@ class BuildConfig:
     def on_gpu(self, target: str) -> bool:
         """Whether the networks run on a GPU for this (resolved) target."""
         return networks_on_gpu(target, self.onnx_accelerator)
+
+    def resolved_layout(self, target: str) -> str:
+        """fused on a GPU (the stock image serves it: no torch), else ensemble."""
+        if self.layout != "auto":
+            return self.layout
+        return "fused" if self.on_gpu(target) else "ensemble"
+
+    def queue_size(self, target: str) -> int:
+        """Requests an image-taking model queues before rejecting (0: no bound)."""
+        if self.max_queue_size is not None:
+            return self.max_queue_size
+        if target in ("trt", "onnx") and release(self.triton_release).bounded_queue:
+            return QUEUE_BATCHES * self.max_batch_size * self.instances
+        return 0
 
     def timing_cache_path(self) -> Path:
         """Where TensorRT's timing cache persists between builds: beside OUT, never inside the

@@ -21,6 +21,7 @@ import yaml
 
 from dcam.build.config import networks_on_gpu
 from dcam.build.kserve import inference_service, volume_uri
+from dcam.build.releases import DEFAULT_RELEASE
 from dcam.build.report import REPORT_FILE, read_build_report
 from dcam.core.errors import ConfigError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
@@ -36,7 +37,6 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
 IMAGE_VARIANT = {False: "py3", True: "pyt-python-py3"}  # see the overlays' kustomizations
 OBJECT_STORES = ("s3://", "gs://", "as://")  # repositories Triton reads without a volume
 VOLUME, MOUNT, CLAIM = "models", "/models", "dcam-models"  # deploy/base's model volume
-DEFAULT_RELEASE = "24.10"  # the release the overlays pin; any release can serve ONNX graphs
 DEPLOYMENT, CONFIG_MAP = "dcam-triton", "dcam-triton"
 ANNOTATION = "dcam.ai"
 

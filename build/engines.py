@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from dcam.build import repository as repo_mod
-from dcam.build import trt
+from dcam.build import tensorrt_target, trt
 from dcam.build.config import BuildConfig
 from dcam.build.export import FusedNet, export_onnx, load_feature_net
-from dcam.build.parity import check_onnx, engine_errors
-from dcam.build.readiness import require_tensorrt_ready, tensorrt_problems
+from dcam.build.parity import check_onnx
+from dcam.build.readiness import tensorrt_problems
 from dcam.build.report import REPORT_FILE
 from dcam.build.simplify import onnx_io, simplify_onnx
 from dcam.core.errors import BuildError, OutputExistsError
@@ -38,18 +38,14 @@ from dcam.core.versions import package_versions
 from dcam.training.manifest import versions
 
 
-def resolve_target(target: str) -> str:
-    """auto picks trt only where it can run; an explicit trt without its parts is an error."""
-    missing = trt.missing_for_trt()
-    if target == "auto":
-        return "cpu" if missing else "trt"
-    if target == "trt" and missing:
-        raise BuildError(
-            f"--target trt needs {' and '.join(missing)}; build with --target cpu "
-            "(ONNX Runtime in Triton's Python backend) or run in NVIDIA's Triton "
-            "container on a GPU machine"
-        )
-    return target
+def resolve_target(cfg: BuildConfig) -> str:
+    """auto picks trt only where plans can be built here; an explicit trt that cannot build
+    what it was asked for is refused before any export."""
+    if cfg.target == "auto":
+        return "cpu" if trt.missing_for_trt() else "trt"
+    if cfg.target == "trt":
+        tensorrt_target.check_can_build(cfg)
+    return cfg.target
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
@@ -90,37 +86,19 @@ def _export_checked(
 
 
 def _place_engine(
-    onnx_path: Path, version: Path, target: str, cfg: BuildConfig, report: dict, name: str
+    onnx_path: Path, version: Path, target: str, report: dict, name: str, plans: list
 ) -> None:
-    """CPU: the ONNX graph itself; TRT: an FP16 plan checked against ONNX Runtime FP32 (GPU).
+    """The ONNX graph beside the config; for TensorRT also its FP16 graph and references.
 
     Every graph is checked against TensorRT's rules and the result recorded; a TensorRT build
     refuses a graph that breaks them before the parser sees it.
     """
     shutil.copy2(onnx_path, version / "model.onnx")
-    problems = tensorrt_problems(onnx_path)
-    report["models"][name]["tensorrt_problems"] = problems
-    if target != "trt":
-        return
-    require_tensorrt_ready(onnx_path, problems)
-    io = report["models"][name]["io"]
-    image = io["inputs"][0]
-    shapes = {
-        image["name"]: tuple(
-            (b, *image["dims"])
-            for b in (cfg.min_batch_size, cfg.opt_batch_size, cfg.max_batch_size)
-        )
-    }
-    build = trt.build_engine_trtexec if cfg.builder == "trtexec" else trt.build_engine_python
-    build(onnx_path, version / "model.plan", shapes, cfg.workspace_mib, cfg.timing_cache_path())
-    errors = engine_errors(onnx_path, version / "model.plan", io)
-    report["models"][name]["tensorrt_fp16_vs_onnxruntime_fp32"] = errors
-    worst = max(e["max_rel"] for e in errors.values())
-    if worst > cfg.fp16_tolerance:
-        raise BuildError(
-            f"{name}: FP16 engine differs from ONNX Runtime FP32 by {worst:.2e} "
-            f"(relative) > {cfg.fp16_tolerance}"
-        )
+    report["models"][name]["tensorrt_problems"] = tensorrt_problems(onnx_path)
+    if target == "trt":
+        io = report["models"][name]["io"]
+        repo = version.parents[1]
+        plans.append(tensorrt_target.prepare_model(name, onnx_path, version, io, repo, report))
 
 
 def _serving_params(cfg: BuildConfig, target: str, sessions: int, extra: dict | None = None):
@@ -137,14 +115,14 @@ def _runner(target: str) -> str | None:
     return "onnx_runner.py" if target == "cpu" else None
 
 
-def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
+def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report, plans) -> None:
     for role in ROLES:
         net = load_feature_net(run_dir, manifest, role)
         onnx_path = _export_checked(net, role, manifest.levels, work, manifest, cfg, report)
         io = report["models"][role]["io"]
         config = repo_mod.model_config(role, io, cfg, target, _serving_params(cfg, target, 2))
         version = repo_mod.write_model(tmp, config, _runner(target))
-        _place_engine(onnx_path, version, target, cfg, report, role)
+        _place_engine(onnx_path, version, target, report, role, plans)
     teacher_io = report["models"]["teacher"]["io"]
     post_io = repo_mod.postprocess_io(manifest, teacher_io)
     params = repo_mod.postprocess_params(manifest, teacher_io, cfg.on_gpu(target), cfg.drift_spec())
@@ -157,7 +135,7 @@ def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report) -> None:
     repo_mod.write_model(tmp, repo_mod.publish_scoring(ensemble, manifest))
 
 
-def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
+def _write_fused(manifest, run_dir, cfg, target, work, tmp, report, plans) -> None:
     net = FusedNet(
         load_feature_net(run_dir, manifest, "teacher"),
         load_feature_net(run_dir, manifest, "student"),
@@ -168,7 +146,7 @@ def _write_fused(manifest, run_dir, cfg, target, work, tmp, report) -> None:
     io = report["models"][FUSED_MODEL]["io"]
     config = repo_mod.model_config(FUSED_MODEL, io, cfg, target, _serving_params(cfg, target, 1))
     version = repo_mod.write_model(tmp, config, _runner(target))
-    _place_engine(onnx_path, version, target, cfg, report, FUSED_MODEL)
+    _place_engine(onnx_path, version, target, report, FUSED_MODEL, plans)
     calibrate = repo_mod.model_config(
         CALIBRATE_MODEL,
         repo_mod.calibrate_io(),
@@ -187,25 +165,28 @@ def build_repository(cfg: BuildConfig) -> dict:
     start = time.perf_counter()
     run_dir, out = Path(cfg.run_dir), Path(cfg.out)
     manifest = Manifest.read(run_dir)
-    target = resolve_target(cfg.target)
+    target = resolve_target(cfg)
+    layout = cfg.resolved_layout(target)
     tmp = _prepare_out(out, cfg.force)
     report: dict = {
         "config": cfg.to_dict(),
         "target": target,
-        "layout": cfg.layout,
+        "layout": layout,
+        "triton_release": cfg.triton_release,
         "run_dir": str(run_dir.resolve()),
         "models": {},
         "versions": _versions(),
     }
+    plans: list[dict] = []
     try:
         with tempfile.TemporaryDirectory(prefix="dcam-onnx-") as work:
-            writer = _write_fused if cfg.layout == "fused" else _write_ensemble
-            writer(manifest, run_dir, cfg, target, Path(work), tmp, report)
+            writer = _write_fused if layout == "fused" else _write_ensemble
+            writer(manifest, run_dir, cfg, target, Path(work), tmp, report, plans)
         if target == "trt":
-            report["gpu"] = trt.gpu_info()
-            # Plans run only on the TensorRT that built them: inside NVIDIA's Triton container
-            # this names the release (e.g. 24.10) that `dcam-build deploy` must run them on.
-            report["triton_container"] = os.environ.get(TRITON_CONTAINER_ENV)
+            recipe = tensorrt_target.write_recipe(tmp, plans, cfg, list(manifest.input_size))
+            report["plans"] = cfg.plans
+            if cfg.plans == "here":
+                tensorrt_target.build_here(tmp, recipe, cfg, report)
         report["seconds"] = time.perf_counter() - start
         manifest.write(tmp)
         write_json_atomic(tmp / REPORT_FILE, report)
@@ -217,11 +198,11 @@ def build_repository(cfg: BuildConfig) -> dict:
     return report
 
 
-TRITON_CONTAINER_ENV = "NVIDIA_TRITON_SERVER_VERSION"  # set in NVIDIA's Triton containers
-
-
 def _versions() -> dict:
-    return {**versions(), **package_versions("onnx", "onnxruntime", "onnxsim", "tritonclient")}
+    return {
+        **versions(),
+        **package_versions("onnx", "onnxruntime", "onnxsim", "tritonclient", "nvidia-modelopt"),
+    }
 
 
 def worst_errors(report: dict) -> dict[str, float]:

@@ -109,7 +109,7 @@ def model_config(
         config.parameters[key].string_value = value
     _warmup(config, io["inputs"], cfg)
     if io["inputs"][0]["dtype"] == "uint8":
-        _queue_policy(config, cfg)
+        _queue_policy(config, cfg.queue_timeout_ms, cfg.queue_size(target))
     return config
 
 
@@ -130,16 +130,16 @@ def _tensorrt_accelerator(config: mc.ModelConfig, cfg: BuildConfig) -> None:
     )
 
 
-def _queue_policy(config: mc.ModelConfig, cfg: BuildConfig) -> None:
+def _queue_policy(config: mc.ModelConfig, timeout_ms: int, size: int) -> None:
     """Bound the queue where requests enter (the image-taking models): later steps only ever
     see what the first one admitted, and rejecting there wastes no computation."""
-    if not (cfg.queue_timeout_ms or cfg.max_queue_size):
+    if not (timeout_ms or size):
         return
     policy = config.dynamic_batching.default_queue_policy
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    policy.default_timeout_microseconds = cfg.queue_timeout_ms * 1000
+    policy.default_timeout_microseconds = timeout_ms * 1000
     policy.allow_timeout_override = True  # a request's own `timeout` may shorten or lengthen it
-    policy.max_queue_size = cfg.max_queue_size
+    policy.max_queue_size = size
 
 
 def postprocess_io(manifest: Manifest, teacher_io: dict) -> dict:

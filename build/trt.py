@@ -1,54 +1,46 @@
-"""TensorRT FP16 engines from the simplified ONNX graphs (TensorRT 10 Python API or trtexec).
+"""TensorRT FP16 engines built here, through TensorRT's Python API (10 or 11) or trtexec.
 
 NOT EXECUTED on this project's machines: TensorRT cannot be installed there (see README). The
-code is kept small; everything around it (ONNX export, profiles, configs) is tested. Engines are
-raw `model.plan` files with no header; build them with the TensorRT version of the Triton
-container that serves them.
+code is kept small; what it consumes (the FP16 graphs, the shapes, the trtexec commands, the
+version rules) is tested. Engines are raw `model.plan` files with no header, built with the
+TensorRT of the Triton release that serves them (build/releases.py). The in-container route,
+with nothing but trtexec, is build/plans.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
+from dcam.build import plans
+from dcam.build.releases import SUPPORTED_TENSORRT, require_supported_tensorrt
 from dcam.core.errors import BuildError
 from dcam.core.files import write_atomic
-
-# NVIDIA's TensorRT and Triton containers keep trtexec here, off PATH.
-TRTEXEC_FALLBACKS = (Path("/usr/src/tensorrt/bin/trtexec"),)
 
 
 def has_fast_fp16(capability: tuple[int, int]) -> bool:
     """Full-rate FP16 arithmetic by compute capability (CUDA C++ Programming Guide, arithmetic
     instruction throughput): 5.3, 6.0, 6.2 and 7.0 on; 6.1 (consumer Pascal) runs FP16 at 1/64.
-    Replaces TensorRT's platform_has_fast_fp16, deprecated in TensorRT 10 (TRT_DEPRECATED in the
-    IBuilder API reference)."""
+    Replaces TensorRT's platform_has_fast_fp16, deprecated in TensorRT 10 and removed in 11."""
     return capability >= (7, 0) or capability in ((5, 3), (6, 0), (6, 2))
 
 
-def find_trtexec(fallbacks: tuple[Path, ...] = TRTEXEC_FALLBACKS) -> Path:
-    """trtexec on PATH, else where NVIDIA's containers install it; BuildError when neither."""
-    found = shutil.which("trtexec")
-    if found:
-        return Path(found)
-    for path in fallbacks:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise BuildError(
-        f"trtexec is neither on PATH nor at {', '.join(map(str, fallbacks))}; use "
-        "--builder python, or build inside NVIDIA's TensorRT or Triton container"
-    )
+def installed_tensorrt() -> str | None:
+    """The importable TensorRT's version, or None."""
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return str(tensorrt.__version__)
 
 
 def missing_for_trt() -> list[str]:
-    """What the TensorRT target lacks here (empty when it can run)."""
+    """What building plans here lacks (empty when it can run)."""
     missing = []
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        missing.append("the tensorrt Python package (TensorRT 10; NVIDIA's containers ship it)")
+    if installed_tensorrt() is None:
+        missing.append(
+            f"TensorRT {' or '.join(f'{m}.x' for m in SUPPORTED_TENSORRT)} (its Python package; "
+            "NVIDIA's Triton containers ship trtexec)"
+        )
     import torch
 
     if not torch.cuda.is_available():
@@ -56,15 +48,16 @@ def missing_for_trt() -> list[str]:
     return missing
 
 
-def gpu_info() -> dict:
-    import tensorrt as trt
+def gpu_info(hardware: str) -> dict:
+    """What a plan is tied to: TensorRT's version, the GPU and the compatibility level."""
     import torch
 
     major, minor = torch.cuda.get_device_capability()
     return {
-        "tensorrt": trt.__version__,
+        "tensorrt": installed_tensorrt(),
         "gpu": torch.cuda.get_device_name(),
         "compute_capability": f"{major}.{minor}",
+        "hardware_compatibility": hardware,
     }
 
 
@@ -74,33 +67,31 @@ def build_engine_python(
     shapes: dict[str, tuple],
     workspace_mib: int,
     timing_cache: Path,
+    hardware: str = "none",
 ) -> None:
-    """Parse ONNX, set an FP16 profile over batch, persist the timing cache, write the plan.
+    """Parse ONNX, set a profile over batch, persist the timing cache, write the plan.
 
-    The FP16 builder flag is deprecated from TensorRT 10.12 (strongly typed networks from an FP16
-    ONNX replace it) but still builds. In the ensemble layout the cosine and normalisation run in
-    FP32 in the post-processing model; in the fused layout TensorRT may run them in FP16, which
-    the map maths survives: it is overflow-safe by construction (core/anomaly_map.py `_unit`).
+    TensorRT 11 networks are always strongly typed and its FP16 flag is gone: `onnx_path` is
+    the FP16 graph (build/precision.py), whose types the builder keeps. TensorRT 10 gets the
+    FP32 graph and the FP16 builder flag (weak typing: TensorRT picks each layer's precision).
     """
     import tensorrt as trt
-    import torch
 
+    major = require_supported_tensorrt(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(0)  # TensorRT 11: strongly typed whatever the flags
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    capability = torch.cuda.get_device_capability()
-    if not has_fast_fp16(capability):
-        raise BuildError(
-            f"this GPU (compute capability {capability[0]}.{capability[1]}) has no fast FP16; "
-            "refusing to build an FP32 engine instead"
-        )
-    config.set_flag(trt.BuilderFlag.FP16)
+    if major == 10:
+        _weak_fp16(config, trt)
+    if hardware != "none":
+        level = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[hardware]
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
@@ -119,37 +110,50 @@ def build_engine_python(
     write_atomic(timing_cache, lambda fh: fh.write(cache_bytes))  # shared across builds
 
 
-def trtexec_command(
+def _weak_fp16(config, trt) -> None:
+    """TensorRT 10's FP16 flag, refused on a GPU without fast FP16 rather than built in FP32."""
+    import torch
+
+    capability = torch.cuda.get_device_capability()
+    if not has_fast_fp16(capability):
+        raise BuildError(
+            f"this GPU (compute capability {capability[0]}.{capability[1]}) has no fast FP16; "
+            "refusing to build an FP32 engine instead"
+        )
+    config.set_flag(trt.BuilderFlag.FP16)
+
+
+def build_engine_trtexec(
     onnx_path: Path,
     plan_path: Path,
     shapes: dict[str, tuple],
     workspace_mib: int,
     timing_cache: Path,
-) -> list[str]:
-    """The equivalent trtexec call (it ships in NVIDIA's TensorRT and Triton containers)."""
+    hardware: str = "none",
+) -> None:
+    """The same build through trtexec (the command build_plans.py runs in the container)."""
+    version = installed_tensorrt() or plans.tensorrt_version(find_trtexec())
+    cmd = plans.trtexec_command(
+        find_trtexec(),
+        str(onnx_path),
+        str(plan_path),
+        {name: [list(s) for s in three] for name, three in shapes.items()},
+        workspace_mib,
+        str(timing_cache),
+        require_supported_tensorrt(version),
+        hardware,
+    )
+    try:
+        plans.run(cmd)
+    except plans.PlanError as exc:
+        raise BuildError(str(exc)) from exc
 
-    def spec(i: int) -> str:
-        return ",".join(f"{n}:{'x'.join(map(str, s[i]))}" for n, s in shapes.items())
 
-    return [
-        "trtexec",  # replaced by the path find_trtexec resolves
-        f"--onnx={onnx_path}",
-        f"--saveEngine={plan_path}",
-        "--fp16",
-        f"--minShapes={spec(0)}",
-        f"--optShapes={spec(1)}",
-        f"--maxShapes={spec(2)}",
-        f"--memPoolSize=workspace:{workspace_mib}M",
-        f"--timingCacheFile={timing_cache}",
-        "--skipInference",
-    ]
-
-
-def build_engine_trtexec(*args) -> None:
-    cmd = [str(find_trtexec()), *trtexec_command(*args)[1:]]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BuildError(f"trtexec failed ({result.returncode}):\n{result.stdout[-4000:]}")
+def find_trtexec() -> str:
+    try:
+        return plans.find_trtexec()
+    except plans.PlanError as exc:
+        raise BuildError(f"{exc}; use --builder python, or build in NVIDIA's container") from exc
 
 
 def run_engine(plan_path: Path, feeds: dict, output_names: list[str]) -> list:
