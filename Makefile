@@ -74,7 +74,7 @@ bench-line-metrics: setup
 	$(BIN)/python benchmarks/drift_study.py
 
 smoke-gpu: setup
-	$(BIN)/python benchmarks/gpu_check.py --device cpu --smoke --out /tmp/gpu_check_smoke.json
+	$(BIN)/python benchmarks/gpu_check.py --device cpu --smoke --out "$${TMPDIR:-/tmp}/gpu_check_smoke.json"
 
 clean:
 	rm -rf runs data .pytest_cache

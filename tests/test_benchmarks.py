@@ -1,13 +1,10 @@
-"""The benchmark scripts run here: the GPU check in CPU smoke mode, perf_analyzer on the server."""
+"""The benchmark scripts run here: perf_analyzer on the server (gpu_check: test_gpu_check.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -19,65 +16,6 @@ sys.path.insert(0, str(BENCH))
 import perf  # noqa: E402
 
 from dcam.serve.server import ServerConfig, TritonServer  # noqa: E402
-
-
-def test_gpu_check_cpu_smoke_without_install_or_git(tmp_path: Path) -> None:
-    """As on the GPU machine: a copy of the tree, dcam not installed (`-S` skips the editable
-    install's .pth; site-packages is added by hand for torch and numpy) and no git on PATH."""
-    out = tmp_path / "gpu.json"
-    site = sysconfig.get_paths()["purelib"]
-    argv = [str(BENCH / "gpu_check.py"), "--device", "cpu", "--smoke", "--out", str(out)]
-    code = (
-        f"import runpy, sys; sys.path.append({site!r})\n"
-        "try:\n    import dcam.core\n    raise SystemExit('dcam is importable without the tree')\n"
-        "except ImportError:\n    pass\n"
-        f"sys.argv = {argv!r}\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    )
-    no_git = tmp_path / "bin"
-    no_git.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PATH": str(no_git)},
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(out.read_text())
-    assert {r["variant"] for r in report["throughput"]} == {"fp32", "fp16"}
-    assert all(r["images_per_s"] > 0 for r in report["throughput"])
-    assert report["fp16_vs_fp32"]["map_max_rel"] < 0.1
-    assert 0 < report["postprocess_dlpack"]["share"] < 1
-    assert report["machine"]["cores"] >= 1 and report["commit"] == "unknown (no git)"
-    assert "FP16 vs FP32" in result.stdout
-
-
-def test_gpu_check_variants_do_not_change_the_shared_model() -> None:
-    """channels_last converts a module in place: later rows measured the wrong layout."""
-    import gpu_check
-    import torch
-
-    model = gpu_check.Pipeline(32).eval()
-    images = torch.zeros((1, 32, 32, 3), dtype=torch.uint8)
-    gpu_check.variant_fn(model, images, "fp32-cl", torch.device("cpu"))()
-    assert model.teacher.net.conv1.weight.is_contiguous()  # still the default layout
-
-
-def test_gpu_check_records_a_failing_variant_and_goes_on(tmp_path: Path) -> None:
-    import gpu_check
-    import torch
-
-    model = gpu_check.Pipeline(32).eval()
-    saved: list[list[dict]] = []
-    bad = torch.zeros((1, 32, 32, 2), dtype=torch.uint8)  # two channels: the model fails
-    row = gpu_check.measure_variant(model, bad, "fp32", torch.device("cpu"), 1)
-    assert row["variant"] == "fp32" and "Error" in row["error"]
-    rows = gpu_check.throughput_table(
-        model, torch.device("cpu"), 32, [1], ["fp32"], 1, lambda r: saved.append(list(r))
-    )
-    assert rows[0]["images_per_s"] > 0 and saved == [rows]  # saved after every row
 
 
 def test_perf_input_data_round_trips(tmp_path: Path) -> None:
