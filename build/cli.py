@@ -213,13 +213,26 @@ def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
 @click.option(
     "--model-repository",
     default=_deploy("model_repository"),
-    help="Where the pods read REPO: a path on the dcam-models volume, s3://... or gs://...",
+    help="Where the pods read REPO: a path on the dcam-models volume, s3://... or gs://... "
+    "(default: the overlay's, /models on CPUs, /models/repository on GPUs).",
 )
 @click.option(
     "--image-tag",
     default=None,
-    help="Triton container tag (default: the release the plans were built in, or "
-    f"{DEFAULT_RELEASE}-py3 for --target onnx).",
+    help="Triton container tag (default: the release the plans were built in, or the "
+    f"release the build names, e.g. {DEFAULT_RELEASE}-py3).",
+)
+@click.option(
+    "--image",
+    default=_deploy("image"),
+    help="Image name (no tag) to run instead of NVIDIA's, e.g. one built from "
+    "deploy/images/torch-postprocess.Dockerfile.",
+)
+@click.option(
+    "--gpu-product",
+    default=_deploy("gpu_product"),
+    help="The GPU nodes' nvidia.com/gpu.product label, e.g. NVIDIA-H200 (default: the GPU "
+    "the plans were built on; needed for --plans pod).",
 )
 @click.option("--namespace", default=None, help="Namespace for every object.")
 @click.option("--replicas", type=int, default=_deploy("replicas"), help="Starting replicas.")

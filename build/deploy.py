@@ -4,9 +4,11 @@ The image tag, model name, input size and resource figures come from the reposit
 `build_report.json`, `manifest.json` and model configs.
 
 The overlay builds on `deploy/overlays/gpu` when the networks run on a GPU (TensorRT plans, or
-`--target onnx` with a GPU accelerator) and on `deploy/overlays/cpu` otherwise. It also stamps
-the pod template with a digest of the build. A new build then changes the template, which makes
-the Deployment roll out (deploy/README.md, "Rolling updates").
+`--target onnx` with a GPU accelerator) and on `deploy/overlays/cpu` otherwise. On a GPU it pins
+the nodes' GPU product, and keeps the overlay's `build-plans` initContainer only for plans the
+pod builds (`--plans pod`); other GPU builds are served from the volume as they are. It also
+stamps the pod template with a digest of the build. A new build then changes the template, which
+makes the Deployment roll out (deploy/README.md, "Rolling updates").
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
+from dcam.build import images
 from dcam.build.config import networks_on_gpu
-from dcam.build.kserve import inference_service, volume_uri
-from dcam.build.releases import DEFAULT_RELEASE
+from dcam.build.kserve import inference_service, kserve_refusal, volume_uri
+from dcam.build.releases import DEFAULT_RELEASE, release
 from dcam.build.report import REPORT_FILE, read_build_report
 from dcam.core.errors import ConfigError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
@@ -34,17 +38,30 @@ from dcam.serve.compat import read_configs
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
 OVERLAYS = {False: "overlays/cpu", True: "overlays/gpu"}  # by whether the networks use a GPU
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
-IMAGE_VARIANT = {False: "py3", True: "pyt-python-py3"}  # see the overlays' kustomizations
+# NVIDIA's stock image serves every layout on CPU and GPU alike; only the ensemble layout's GPU
+# post-processing needs torch, and an image derived from it (build/images.py).
+IMAGE_VARIANT = "py3"
 OBJECT_STORES = ("s3://", "gs://", "as://")  # repositories Triton reads without a volume
 VOLUME, MOUNT, CLAIM = "models", "/models", "dcam-models"  # deploy/base's model volume
-DEPLOYMENT, CONFIG_MAP = "dcam-triton", "dcam-triton"
+# The overlays' MODEL_REPOSITORY: on GPUs a folder of the volume, since the plans are kept
+# beside it (PLAN_CACHE) and build_plans.py copies the repository into the cache.
+REPOSITORY = {False: MOUNT, True: f"{MOUNT}/repository"}
+PLAN_CACHE = f"{MOUNT}/plans"  # the GPU overlay's `build-plans --cache`
+INIT_CONTAINER, SERVING_VOLUME, SERVING_MOUNT = "build-plans", "serving", "/serving"
+GPU_PRODUCT = "nvidia.com/gpu.product"  # set by NVIDIA's GPU feature discovery
+LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+DEPLOYMENT, CONFIG_MAP, CONTAINER = "dcam-triton", "dcam-triton", "tritonserver"
 ANNOTATION = "dcam.ai"
 
 # Host memory, MiB. Measured on the CPU in the soak (benchmarks/results/soak-20261130.md):
 # tritonserver held about 240 MiB and a Python-backend stub about 190 MiB at rest.
 CPU_BASE_MIB = 512
-# Estimated, never run: the PyTorch the GPU image loads into the post-processing stub.
+# Estimated, never run: CUDA's and TensorRT's libraries in tritonserver, and PyTorch in the
+# post-processing stub where a derived image carries it.
 GPU_BASE_MIB = 4096
+# Under plans/ on the volume, per GPU model and release the pods ran on: a copy of the
+# repository and a plan per graph (about the size of its FP16 graph); one such copy counted.
+PLAN_COPIES = 2
 # ONNX Runtime's arena keeps the largest batch's intermediates; the stem's output alone is four
 # times the layer1 map, so the three levels' maps are scaled by this per network.
 ACTIVATION_FACTOR = 4
@@ -61,8 +78,14 @@ class DeployConfig:
 
     repo: str
     out: str
-    model_repository: str = "/models"  # MODEL_REPOSITORY: a path on the volume, s3:// or gs://
-    image_tag: str | None = None  # default: the build's container release, or DEFAULT_RELEASE
+    # MODEL_REPOSITORY: a path on the volume, s3:// or gs://; default: the overlay's (REPOSITORY)
+    model_repository: str | None = None
+    image_tag: str | None = None  # default: the release the build names (image_tag)
+    # A name without tag to run instead of NVIDIA's, e.g. built from
+    # deploy/images/torch-postprocess.Dockerfile (the ensemble layout's GPU post-processing).
+    image: str | None = None
+    # The nodes' nvidia.com/gpu.product; default: the GPU the plans were built on, if known.
+    gpu_product: str | None = None
     namespace: str | None = None
     replicas: int = 2
     deploy_dir: str = str(DEPLOY_DIR)
@@ -75,7 +98,10 @@ class DeployConfig:
     @property
     def in_object_storage(self) -> bool:
         """Triton reads the repository itself (s3://, gs://, as://): no model volume."""
-        return self.model_repository.startswith(OBJECT_STORES)
+        return (self.model_repository or "").startswith(OBJECT_STORES)
+
+    def repository(self, gpu: bool) -> str:
+        return self.model_repository or REPOSITORY[gpu]
 
 
 @dataclass(frozen=True)
@@ -122,6 +148,12 @@ def runs_on_gpu(report: dict) -> bool:
     return networks_on_gpu(report["target"], report["config"].get("onnx_accelerator", "none"))
 
 
+def plans_in_pod(report: dict) -> bool:
+    """TensorRT graphs whose plans the serving pod builds (`--plans pod`); reports from before
+    the choice existed had their plans built where the build ran."""
+    return report["target"] == "trt" and report.get("plans", "here") == "pod"
+
+
 def sizing(repo: Path, report: dict, manifest: Manifest) -> Sizing:
     """CPU: the ONNX Runtime threads the configs give each instance; memory: a base plus weights
     and the largest batch's activations; GPU: a CUDA pool for the features of full batches."""
@@ -146,34 +178,166 @@ def sizing(repo: Path, report: dict, manifest: Manifest) -> Sizing:
     threads = sum(_threads(configs[m]) * _instances(configs[m]) for m in models)
     pool = POOL_BATCHES * instances * batch * nets * features
     size = sum(f.stat().st_size for f in repo.rglob("*") if f.is_file())
+    copies = 1 + (PLAN_COPIES if plans_in_pod(report) else 0)
     return Sizing(
         cpu=None if gpu else str(max(threads, 1)),
         memory_request_mib=request,
         memory_limit_mib=_round_up(request * 1.5, 256),
         cuda_pool_bytes=1 << math.ceil(math.log2(pool)) if gpu else None,
-        storage_gib=max(1, math.ceil(2 * size / (1 << 30))),  # room for the next version
+        # room for the next version
+        storage_gib=max(1, math.ceil(2 * copies * size / (1 << 30))),
     )
 
 
 def image_tag(report: dict, requested: str | None) -> str:
-    """The Triton container tag: plans only run on the release whose TensorRT built them."""
-    variant = IMAGE_VARIANT[runs_on_gpu(report)]
+    """The Triton container tag: plans load only in the release whose TensorRT built them, and
+    graphs left to the pod were given the FP16 route of their release's TensorRT."""
     if report["target"] != "trt":
-        return requested or f"{DEFAULT_RELEASE}-{variant}"
+        return requested or f"{report.get('triton_release', DEFAULT_RELEASE)}-{IMAGE_VARIANT}"
+    if plans_in_pod(report):
+        prepared_for = report["triton_release"]
+        if requested and not requested.startswith(f"{prepared_for}-"):
+            raise ConfigError(
+                f"the graphs were prepared for Triton release {prepared_for}, whose TensorRT "
+                f"{release(prepared_for).tensorrt_major} decided their FP16 route, and the pods "
+                f"build their plans in that image; --image-tag {requested} is another release: "
+                f"build again with --triton-release {requested.split('-')[0]}"
+            )
+        return requested or f"{prepared_for}-{IMAGE_VARIANT}"
     built_in = report.get("triton_container")
     if built_in is None and requested is None:
         raise ConfigError(
             "these TensorRT plans were not built inside NVIDIA's Triton container, so the "
             "release that can run them is unknown: pass --image-tag with the release whose "
             f"TensorRT ({report['versions'].get('tensorrt', '?')}) built them, e.g. "
-            f"{DEFAULT_RELEASE}-{variant}"
+            f"{DEFAULT_RELEASE}-{IMAGE_VARIANT}"
         )
     if built_in and requested and not requested.startswith(f"{built_in}-"):
         raise ConfigError(
             f"the plans were built in Triton release {built_in}; --image-tag {requested} would "
             "run them on another TensorRT, which refuses them"
         )
-    return requested or f"{built_in}-{variant}"
+    return requested or f"{built_in}-{IMAGE_VARIANT}"
+
+
+def image_name(configs: dict, requested: str | None) -> str | None:
+    """The image to run instead of NVIDIA's stock one: required where no stock variant serves
+    the models (the ensemble layout's GPU post-processing imports torch)."""
+    if requested is None and images.stock_variant(configs) is None:
+        raise ConfigError(
+            f"NVIDIA's {TRITON_IMAGE} lacks what these models need "
+            f"({'; '.join(images.unmet(configs, IMAGE_VARIANT))}): build and push the image "
+            f"{images.DERIVED_IMAGE} derives and pass it as --image, or build the repository "
+            "with --layout fused (numpy only)"
+        )
+    if requested and re.search(r"[:@]", requested.rsplit("/", 1)[-1]):
+        raise ConfigError(
+            f"--image {requested}: give the name without tag or digest; the tag follows the "
+            "build (--image-tag)"
+        )
+    return requested
+
+
+def label_value(value: str) -> str:
+    if not LABEL_VALUE.fullmatch(value):
+        raise ConfigError(
+            f"{value!r} is not a Kubernetes label value; GPU feature discovery labels the "
+            f"nodes {GPU_PRODUCT}=<NVML's GPU name, dashes for spaces>, e.g. NVIDIA-H200 "
+            f"(kubectl get nodes -L {GPU_PRODUCT})"
+        )
+    return value
+
+
+def gpu_product(report: dict, requested: str | None) -> str | None:
+    """The nvidia.com/gpu.product the pods run on; None: any GPU (ONNX Runtime builds its
+    engines when the model loads)."""
+    if report["target"] != "trt":
+        return label_value(requested) if requested else None
+    if plans_in_pod(report):
+        if not requested:
+            raise ConfigError(
+                "the pods build their plans for the GPU they run on, and they should all run "
+                f"on one GPU model: pass --gpu-product, the nodes' {GPU_PRODUCT} label "
+                f"(kubectl get nodes -L {GPU_PRODUCT})"
+            )
+        return label_value(requested)
+    gpu = report.get("gpu") or {}
+    built_on = gpu["gpu"].replace(" ", "-") if gpu.get("gpu") else None
+    if requested and built_on and requested != built_on and gpu["hardware_compatibility"] == "none":
+        raise ConfigError(
+            f"the plans were built on {gpu['gpu']} ({GPU_PRODUCT}={built_on}) without hardware "
+            f"compatibility and load only there, not on {requested}: build them on that GPU, "
+            "or with --plans pod"
+        )
+    if not (requested or built_on):
+        raise ConfigError(
+            f"the build report names no GPU for these plans: pass --gpu-product, the {GPU_PRODUCT} "
+            "label of the GPU model that built them"
+        )
+    return label_value(requested or built_on)
+
+
+def serving_args(deploy_dir: Path) -> list[str]:
+    """The GPU overlay's tritonserver arguments, reading the repository itself (no link)."""
+    patch = yaml.safe_load((deploy_dir / OVERLAYS[True] / "gpu.yaml").read_text())
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    args = [a for a in container["args"] if not a.startswith("--model-repository=")]
+    if len(args) != len(container["args"]) - 1:
+        raise ConfigError(f"{deploy_dir}/overlays/gpu/gpu.yaml sets no single --model-repository")
+    return ["--model-repository=$(MODEL_REPOSITORY)", *args]
+
+
+def check_plan_cache(repository: str, in_object_storage: bool) -> None:
+    """The pod builds plans from a repository on the volume into PLAN_CACHE beside it."""
+    where, cache = Path(repository), Path(PLAN_CACHE)
+    if in_object_storage or not where.is_relative_to(MOUNT):
+        raise ConfigError(
+            f"the pods build their plans from the repository on the model volume ({MOUNT}), "
+            f"not from {repository}: pass --model-repository {REPOSITORY[True]}, or build the "
+            "plans with --plans here"
+        )
+    if where.is_relative_to(cache) or cache.is_relative_to(where):
+        raise ConfigError(
+            f"--model-repository {repository} and the plan cache {PLAN_CACHE} overlap (the "
+            f"cache holds copies of the repository): use a folder such as {REPOSITORY[True]}"
+        )
+
+
+def pod_patch(cfg: DeployConfig, report: dict, resources: dict, annotations: dict) -> dict:
+    """The Deployment patch: this build's figures, and on GPUs its node and plan step."""
+    pod: dict = {}
+    container: dict = {"name": CONTAINER, "resources": resources}
+    volumes, mounts = [], []
+    if cfg.in_object_storage:
+        volumes.append({"name": VOLUME, "$patch": "delete"})
+        mounts.append({"mountPath": MOUNT, "$patch": "delete"})
+    if runs_on_gpu(report):
+        # None removes the overlay's placeholder (kustomize's strategic merge).
+        pod["nodeSelector"] = {GPU_PRODUCT: gpu_product(report, cfg.gpu_product)}
+        if plans_in_pod(report):
+            check_plan_cache(cfg.repository(True), cfg.in_object_storage)
+        else:  # nothing to build: Triton serves the repository, read-only, as in the base
+            pod["initContainers"] = [{"name": INIT_CONTAINER, "$patch": "delete"}]
+            volumes.append({"name": SERVING_VOLUME, "$patch": "delete"})
+            mounts.append({"mountPath": SERVING_MOUNT, "$patch": "delete"})
+            if not cfg.in_object_storage:
+                claim = {"claimName": CLAIM, "readOnly": True}
+                volumes.append({"name": VOLUME, "persistentVolumeClaim": claim})
+            container["args"] = serving_args(Path(cfg.deploy_dir))
+    elif cfg.gpu_product:
+        raise ConfigError("--gpu-product applies to builds whose networks run on a GPU")
+    pod.update({"volumes": volumes} if volumes else {})
+    container.update({"volumeMounts": mounts} if mounts else {})
+    template = {
+        "metadata": {"annotations": annotations},
+        "spec": {**pod, "containers": [container]},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": DEPLOYMENT},
+        "spec": {"template": template},
+    }
 
 
 def build_digest(repo: Path) -> str:
@@ -184,19 +348,24 @@ def build_digest(repo: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
-    """The overlay's kustomization and its pod patch, as objects."""
+def _overlay(cfg: DeployConfig, report: dict) -> Path:
     repo = Path(cfg.repo)
-    report, manifest = read_build_report(repo), Manifest.read(repo)
     if report["target"] not in ("onnx", "trt"):
         raise ConfigError(
             f"{repo} was built with --target {report['target']}, for the embedded server's "
             "Python backend; NVIDIA's container serves --target onnx (CPU) or --target trt (GPU)"
         )
-    gpu = runs_on_gpu(report)
-    overlay = Path(cfg.deploy_dir) / OVERLAYS[gpu]
+    overlay = Path(cfg.deploy_dir) / OVERLAYS[runs_on_gpu(report)]
     if not (overlay / "kustomization.yaml").is_file():
         raise ConfigError(f"{overlay} is not a kustomization: pass --deploy-dir (dcam's deploy/)")
+    return overlay
+
+
+def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
+    """The overlay's kustomization, its patches and the KServe alternative, as objects."""
+    repo = Path(cfg.repo)
+    report, manifest = read_build_report(repo), Manifest.read(repo)
+    overlay, gpu = _overlay(cfg, report), runs_on_gpu(report)
     size, (height, width) = sizing(repo, report, manifest), manifest.input_size
     resources: dict = {
         "requests": {"memory": f"{size.memory_request_mib}Mi"},
@@ -204,7 +373,8 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
     }
     if size.cpu:
         resources["requests"]["cpu"] = resources["limits"]["cpu"] = size.cpu
-    literals = [f"MODEL_REPOSITORY={cfg.model_repository}"]
+    repository = cfg.repository(gpu)
+    literals = [f"MODEL_REPOSITORY={repository}"]
     if size.cuda_pool_bytes:
         literals.append(f"CUDA_MEMORY_POOL_BYTES={size.cuda_pool_bytes}")
     annotations = {
@@ -214,28 +384,15 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
         f"{ANNOTATION}/max-batch-size": str(report["config"]["max_batch_size"]),
         f"{ANNOTATION}/build": build_digest(repo),
     }
-    patch = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": DEPLOYMENT},
-        "spec": {
-            "template": {
-                "metadata": {"annotations": annotations},
-                "spec": {"containers": [{"name": "tritonserver", "resources": resources}]},
-            }
-        },
-    }
-    volume = volume_patch(cfg, size.storage_gib)
-    if cfg.in_object_storage:
-        pod = patch["spec"]["template"]["spec"]
-        pod["volumes"] = [{"name": VOLUME, "$patch": "delete"}]
-        pod["containers"][0]["volumeMounts"] = [{"mountPath": MOUNT, "$patch": "delete"}]
+    patch = pod_patch(cfg, report, resources, annotations)
+    tag, name = image_tag(report, cfg.image_tag), image_name(read_configs(repo), cfg.image)
+    volume = volume_patch(cfg, size.storage_gib, read_only=gpu and not plans_in_pod(report))
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         **({"namespace": cfg.namespace} if cfg.namespace else {}),
         "resources": [os.path.relpath(overlay.resolve(), Path(cfg.out).resolve())],
-        "images": [{"name": TRITON_IMAGE, "newTag": image_tag(report, cfg.image_tag)}],
+        "images": [{"name": TRITON_IMAGE, **({"newName": name} if name else {}), "newTag": tag}],
         "replicas": [{"name": DEPLOYMENT, "count": cfg.replicas}],
         "configMapGenerator": [{"name": CONFIG_MAP, "behavior": "merge", "literals": literals}],
         "patches": [{"path": "pod.yaml"}, *([{"path": "volume.yaml"}] if volume else [])],
@@ -243,19 +400,21 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
     files = {"kustomization.yaml": kustomization, "pod.yaml": patch}
     if volume:
         files["volume.yaml"] = volume
-    files["inferenceservice.yaml"] = inference_service(
-        Path(cfg.deploy_dir) / "kserve" / "inferenceservice.yaml",
-        tag=kustomization["images"][0]["newTag"],
-        uri=cfg.model_repository
-        if cfg.in_object_storage
-        else volume_uri(cfg.model_repository, CLAIM, MOUNT),
-        resources=resources,
-        gpu=gpu,
-        cuda_pool_bytes=size.cuda_pool_bytes,
-        namespace=cfg.namespace,
-        annotations={k: v for k, v in annotations.items() if k.endswith("/build")},
-    )
-    return {**files, "sizing.json": {**asdict(size), "source": str(repo.resolve())}}
+    kserve = kserve_refusal(plans_in_pod(report), name)
+    if kserve is None:
+        files["inferenceservice.yaml"] = inference_service(
+            Path(cfg.deploy_dir) / "kserve" / "inferenceservice.yaml",
+            tag=tag,
+            uri=repository if cfg.in_object_storage else volume_uri(repository, CLAIM, MOUNT),
+            resources=resources,
+            gpu=gpu,
+            cuda_pool_bytes=size.cuda_pool_bytes,
+            namespace=cfg.namespace,
+            annotations={k: v for k, v in annotations.items() if k.endswith("/build")},
+            node_selector=patch["spec"]["template"]["spec"].get("nodeSelector"),
+        )
+    sizing_json = {**asdict(size), "source": str(repo.resolve())}
+    return {**files, "sizing.json": {**sizing_json, "kserve": kserve or "inferenceservice.yaml"}}
 
 
 def base_storage_gib(deploy_dir: Path) -> float:
@@ -267,18 +426,21 @@ def base_storage_gib(deploy_dir: Path) -> float:
     return float(size.removesuffix("Gi"))
 
 
-def volume_patch(cfg: DeployConfig, needed_gib: int) -> dict | None:
+def volume_patch(cfg: DeployConfig, needed_gib: int, read_only: bool = False) -> dict | None:
     """Nothing while the base's volume is big enough (a bound claim can grow, never shrink, and
     only where its storage class allows); its deletion when the repository is in object
-    storage; else a larger claim."""
+    storage; else a larger claim. `read_only`: back to the base's ReadOnlyMany on GPUs where no
+    pod writes plans (the GPU overlay asks for ReadWriteMany)."""
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM}}
     if cfg.in_object_storage:
         return {**claim, "$patch": "delete"}
-    if needed_gib <= base_storage_gib(Path(cfg.deploy_dir)):
-        return None
-    return {**claim, "spec": {"resources": {"requests": {"storage": f"{needed_gib}Gi"}}}}
+    spec: dict = {"accessModes": ["ReadOnlyMany"]} if read_only else {}
+    if needed_gib > base_storage_gib(Path(cfg.deploy_dir)):
+        spec["resources"] = {"requests": {"storage": f"{needed_gib}Gi"}}
+    return {**claim, "spec": spec} if spec else None
 
 
+OPTIONAL_FILES = ("volume.yaml", "inferenceservice.yaml")  # written for some builds only
 HEADER = "# Written by `dcam-build deploy` from {repo}: build again rather than edit.\n"
 
 
@@ -286,11 +448,13 @@ def write_overlay(cfg: DeployConfig) -> dict[str, dict]:
     """Write the overlay into cfg.out; refuses to replace files there without cfg.force."""
     files = overlay_files(cfg)
     out = Path(cfg.out)
-    existing = [name for name in files if (out / name).exists()]
+    names = dict.fromkeys([*files, *OPTIONAL_FILES])
+    existing = [name for name in names if (out / name).exists()]
     if existing and not cfg.force:
         raise OutputExistsError(f"{out} already has {existing}: pass --force to replace them")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "volume.yaml").unlink(missing_ok=True)  # an earlier overlay's, if this one has none
+    for name in set(OPTIONAL_FILES) - set(files):  # an earlier overlay's
+        (out / name).unlink(missing_ok=True)
     header = HEADER.format(repo=Path(cfg.repo).resolve())
     for name, content in files.items():
         if name.endswith(".json"):

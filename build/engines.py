@@ -14,12 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from dcam.build import images, tensorrt_target, trt
 from dcam.build import repository as repo_mod
-from dcam.build import tensorrt_target, trt
 from dcam.build.config import BuildConfig
 from dcam.build.export import FusedNet, export_onnx, load_feature_net
 from dcam.build.parity import check_onnx
 from dcam.build.readiness import tensorrt_problems
+from dcam.build.releases import release
 from dcam.build.report import REPORT_FILE
 from dcam.build.simplify import onnx_io, simplify_onnx
 from dcam.core.errors import BuildError, OutputExistsError
@@ -35,6 +36,7 @@ from dcam.core.names import (
     ROLES,
 )
 from dcam.core.versions import package_versions
+from dcam.serve.compat import read_configs
 from dcam.training.manifest import versions
 
 
@@ -182,6 +184,7 @@ def build_repository(cfg: BuildConfig) -> dict:
         with tempfile.TemporaryDirectory(prefix="dcam-onnx-") as work:
             writer = _write_fused if layout == "fused" else _write_ensemble
             writer(manifest, run_dir, cfg, target, Path(work), tmp, report, plans)
+        report["serving_image"] = _serving_image(tmp, cfg, target)
         if target == "trt":
             recipe = tensorrt_target.write_recipe(tmp, plans, cfg, list(manifest.input_size))
             report["plans"] = cfg.plans
@@ -196,6 +199,22 @@ def build_repository(cfg: BuildConfig) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _serving_image(repo: Path, cfg: BuildConfig, target: str) -> dict:
+    """The stock Triton image that serves these configs, or what it lacks (build/images.py)."""
+    configs = read_configs(repo)
+    variant = images.stock_variant(configs)
+    if target == "cpu":
+        return {"image": "the embedded tritonserver (dcam-serve)", "variant": None}
+    base = release(cfg.triton_release).image.removesuffix("-py3")
+    if variant is None:
+        return {
+            "image": f"derived from {base}-py3 with {images.DERIVED_IMAGE}",
+            "variant": None,
+            "unmet": images.unmet(configs, "py3"),
+        }
+    return {"image": f"{base}-{variant}", "variant": variant}
 
 
 def _versions() -> dict:

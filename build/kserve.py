@@ -1,7 +1,8 @@
 """The KServe alternative for one build: deploy/kserve/inferenceservice.yaml with the figures
 `dcam-build deploy` computed for the Kustomize overlay (runtime tag, resources, where the
-repository is), written beside the overlay. Apply it instead of the overlay, not with it:
-`kubectl apply -f OUT/inferenceservice.yaml`."""
+repository is, the GPU product), written beside the overlay. Apply it instead of the overlay,
+not with it: `kubectl apply -f OUT/inferenceservice.yaml`. Builds that KServe's stock Triton
+runtime cannot serve as they are get none (`kserve_refusal`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def volume_uri(path: str, claim: str, mount: str) -> str:
     return f"pvc://{claim}" + ("" if rest == "." else f"/{rest}")
 
 
+def kserve_refusal(plans_in_pod: bool, image: str | None) -> str | None:
+    """Why KServe's Triton runtime cannot serve a build as it is, or None."""
+    if plans_in_pod:
+        return "not written: the pods build the plans, in the Deployment's initContainer only"
+    if image:
+        return "not written: KServe's Triton runtime runs NVIDIA's image, not --image"
+    return None
+
+
 def inference_service(
     template: Path,
     *,
@@ -37,8 +47,10 @@ def inference_service(
     cuda_pool_bytes: int | None,
     namespace: str | None,
     annotations: dict[str, str],
+    node_selector: dict[str, str | None] | None = None,
 ) -> dict:
-    """The template with this build's runtime tag, storage, resources and annotations."""
+    """The template with this build's runtime tag, storage, resources, annotations and, for
+    plans, the GPU product they load on (keys whose value is None are left out)."""
     service = yaml.safe_load(template.read_text())
     if namespace:
         service["metadata"]["namespace"] = namespace
@@ -53,4 +65,7 @@ def inference_service(
             *model.get("args", []),
             f"--cuda-memory-pool-byte-size=0:{cuda_pool_bytes}",
         ]
+    selector = {k: v for k, v in (node_selector or {}).items() if v is not None}
+    if selector:
+        service["spec"]["predictor"]["nodeSelector"] = selector
     return service

@@ -130,7 +130,7 @@ def relative_error(reference: array, candidate: list[float]) -> float:
     """max |candidate - reference| / max |reference|, as the rest of the build measures."""
     if len(reference) != len(candidate):
         raise PlanError(f"{len(candidate)} values where the reference has {len(reference)}")
-    worst = max((abs(a - b) for a, b in zip(reference, candidate)), default=0.0)
+    worst = max((abs(a - b) for a, b in zip(reference, candidate, strict=True)), default=0.0)
     scale = max((abs(a) for a in reference), default=0.0)
     return worst / scale if scale else worst
 
@@ -171,7 +171,7 @@ def run(cmd: list[str]) -> None:
         raise PlanError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}")
 
 
-def build_into(source: Path, dest: Path, trtexec: str, major: int, cache: Path) -> dict:
+def build_into(source: Path, dest: Path, trtexec: str, major: int, cache: Path, work: Path) -> dict:
     """Copy the repository to `dest` and build and check every plan there."""
     recipe = json.loads((source / RECIPE).read_text())
     shutil.copytree(source, dest, symlinks=True)
@@ -189,7 +189,7 @@ def build_into(source: Path, dest: Path, trtexec: str, major: int, cache: Path) 
             recipe["hardware"],
         )
         run(cmd)
-        report["models"][model["name"]] = check_plan(trtexec, dest, model, recipe, cache)
+        report["models"][model["name"]] = check_plan(trtexec, dest, model, recipe, work)
     (dest / "plans_report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -206,7 +206,7 @@ def build_plans(source: Path, cache: Path, trtexec: str, key: str | None = None)
         return final
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".building-", dir=cache) as tmp:
-        build_into(source, Path(tmp) / "repo", trtexec, major, cache)
+        build_into(source, Path(tmp) / "repo", trtexec, major, cache, Path(tmp))
         try:
             os.rename(Path(tmp) / "repo", final)
         except OSError:

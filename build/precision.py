@@ -41,18 +41,16 @@ def runs_in_fp16(node_name: str) -> bool:
 
 def convert_fp16(src: Path, dst: Path) -> dict:
     """Write the mixed-precision graph of `src` to `dst`; returns its precision summary."""
-    import logging
-
     import onnx
 
     try:
-        from modelopt.onnx.autocast import convert_to_mixed_precision
+        from modelopt.onnx.autocast import configure_logging, convert_to_mixed_precision
     except ImportError as exc:
         raise BuildError(
             f"TensorRT 11 builds FP16 from an FP16 ONNX graph, made with NVIDIA ModelOpt's "
             f"AutoCast, which is not importable here ({exc}); install dcam's build extra"
         ) from exc
-    logging.getLogger("modelopt").setLevel(logging.WARNING)  # one INFO line per node otherwise
+    configure_logging("WARNING")  # one INFO line per node otherwise
     model = convert_to_mixed_precision(
         onnx_path=str(src),
         low_precision_type="fp16",

@@ -32,6 +32,9 @@ def check_can_build(cfg: BuildConfig) -> None:
     """Refuse before any export when this machine cannot make plans `cfg` asks for."""
     if cfg.plans == "pod":
         return
+    installed = trt.installed_tensorrt()
+    if installed is not None:
+        require_supported_tensorrt(installed)  # before anything else: the API must be ours
     missing = trt.missing_for_trt()
     if missing:
         raise BuildError(
@@ -39,10 +42,8 @@ def check_can_build(cfg: BuildConfig) -> None:
             f"serving image builds the plans on its GPU) or build in "
             f"{release(cfg.triton_release).image}"
         )
-    installed = trt.installed_tensorrt() or ""
-    require_supported_tensorrt(installed)
     require_matching_tensorrt(
-        release(cfg.triton_release), installed, os.environ.get(TRITON_CONTAINER_ENV)
+        release(cfg.triton_release), installed or "", os.environ.get(TRITON_CONTAINER_ENV)
     )
 
 

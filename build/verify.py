@@ -8,17 +8,17 @@ and a CUDA GPU) and says so. Reads the repository's `build_report.json` and `man
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dcam.build import trt
+from dcam.build import plans, trt
 from dcam.build.export import load_feature_net
-from dcam.build import plans
 from dcam.build.parity import output_errors, parity_images
-from dcam.build.tensorrt_target import check_plans
 from dcam.build.report import read_build_report
+from dcam.build.tensorrt_target import check_plans
 from dcam.core import scoring
 from dcam.core.errors import BuildError
 from dcam.core.manifest import Manifest

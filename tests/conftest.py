@@ -76,3 +76,15 @@ def gpu_input_repo(ensemble_repo: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def fused_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tiny_run, tmp_path_factory.mktemp("repos") / "fused", "fused")
+
+
+@pytest.fixture(scope="session")
+def trt_pod_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --target trt build whose plans the serving image builds (no TensorRT needed here):
+    the fused layout, its FP16 graph, the references and build_plans.py."""
+    from dcam.build.config import BuildConfig
+    from dcam.build.engines import build_repository
+
+    out = tmp_path_factory.mktemp("repos") / "trt-pod"
+    build_repository(BuildConfig(run_dir=str(tiny_run), out=str(out), target="trt", plans="pod"))
+    return out

@@ -14,8 +14,7 @@ from tritonclient.grpc import model_config_pb2
 
 from dcam.build.cli import build_group
 from dcam.build.config import BuildConfig
-from dcam.build.engines import build_repository, resolve_target, worst_errors
-from dcam.build.trt import missing_for_trt, trtexec_command
+from dcam.build.engines import build_repository, worst_errors
 from dcam.core.errors import BuildError, ConfigError, DcamError, OutputExistsError
 from dcam.core.manifest import Manifest
 from dcam.core.scoring import ScoringSpec
@@ -168,27 +167,6 @@ def test_inline_student_is_refused(tmp_path: Path, tiny_run: Path) -> None:
         build_repository(BuildConfig(run_dir=str(run), out=str(tmp_path / "repo")))
 
 
-@pytest.mark.skipif(not missing_for_trt(), reason="TensorRT and a GPU are present")
-def test_trt_target_names_what_is_missing() -> None:
-    with pytest.raises(BuildError, match="--target cpu") as info:
-        resolve_target("trt")
-    assert "tensorrt" in str(info.value) or "CUDA" in str(info.value)
-    assert resolve_target("auto") == "cpu"
-
-
-def test_trtexec_command_profile() -> None:
-    cmd = trtexec_command(
-        Path("m.onnx"),
-        Path("m.plan"),
-        {"IMAGE": ((1, 64, 64, 3), (8, 64, 64, 3), (32, 64, 64, 3))},
-        1024,
-        Path("t.cache"),
-    )
-    assert "--fp16" in cmd
-    assert "--minShapes=IMAGE:1x64x64x3" in cmd and "--maxShapes=IMAGE:32x64x64x3" in cmd
-    assert "--memPoolSize=workspace:1024M" in cmd
-
-
 def test_bad_batch_settings() -> None:
     with pytest.raises(ConfigError, match="opt_batch_size"):
         BuildConfig(run_dir="r", out="o", opt_batch_size=64, max_batch_size=32)
@@ -201,25 +179,3 @@ def test_cli_reports_errors_as_messages(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "manifest.json does not exist" in result.output
     assert "Traceback" not in result.output
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(
-    bool(missing_for_trt()), reason="needs TensorRT and a CUDA GPU: " + "; ".join(missing_for_trt())
-)
-@pytest.mark.parametrize("builder", ["python", "trtexec"])
-def test_trt_engines_match_onnxruntime(tiny_run: Path, tmp_path: Path, builder: str) -> None:
-    if builder == "trtexec" and shutil.which("trtexec") is None:
-        pytest.skip("trtexec is not on PATH")
-    out = tmp_path / "trt"
-    report = build_repository(
-        BuildConfig(run_dir=str(tiny_run), out=str(out), target="trt", builder=builder)
-    )
-    assert report["gpu"]["tensorrt"]
-    for name in ("teacher", "student"):
-        assert (out / name / "1" / "model.plan").stat().st_size > 0
-        errors = report["models"][name]["tensorrt_fp16_vs_onnxruntime_fp32"]
-        assert max(e["max_rel"] for e in errors.values()) < 2e-2
-    config = parse_config(out / "teacher" / "config.pbtxt")
-    assert config.platform == "tensorrt_plan"
-    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

@@ -82,7 +82,7 @@ def test_gpu_inputs_without_torch_fail_the_load_saying_why(
     proc, _ = _serve(serve_bin, gpu_input_repo)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, output
-    assert "needs PyTorch" in output and "-pyt-python-py3" in output
+    assert "needs PyTorch" in output and "torch-postprocess.Dockerfile" in output
 
 
 @pytest.mark.slow

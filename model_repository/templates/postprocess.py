@@ -4,13 +4,15 @@ A thin adapter, as python_backend's add_sub example: tensor names, types and the
 come from config.pbtxt (written by dcam-build); the maths is `scoring.py` and `anomaly_map.py`,
 copied beside this file at build time (Triton puts the version folder on sys.path), the same
 rule training evaluates with. On the CPU it runs in numpy and never imports torch. With GPU
-inputs (FORCE_CPU_ONLY_INPUT_TENSORS "no") it stays on the device through DLPack and torch, in
-FP32: torch is imported and the rule's constant matrices are put on the device in `initialize`
-(a container without torch fails the load, saying so), and a batch whose inputs Triton placed
-partly in host memory is moved to the device whole. Each request is normalised with the
-calibration of the product its `category` parameter names (the global one without it; an
-unknown name is that request's error), and its `threshold` parameter overrides the calibrated
-threshold. Each product's counts, scores and drift go to Triton's metrics port
+inputs (FORCE_CPU_ONLY_INPUT_TENSORS "no") every tensor goes through DLPack and torch, in FP32,
+wherever Triton placed it: torch is imported and the rule's constant matrices are put on the
+device in `initialize` (a container without torch fails the load, saying so), and a batch whose
+inputs Triton placed partly in host memory is moved to the device whole. Outputs leave through
+DLPack too. Stock `-py3` images have no torch: this path needs the image that
+deploy/images/torch-postprocess.Dockerfile derives (the fused layout needs none).
+Each request is normalised with the calibration of the product its `category` parameter
+names (the global one without it; an unknown name is that request's error), and its
+`threshold` parameter overrides the calibrated threshold. Each product's counts, scores and drift go to Triton's metrics port
 (`line_metrics.py`), when the build turned them on.
 """
 
@@ -36,14 +38,16 @@ def _import_torch():
     except ImportError as exc:
         raise RuntimeError(
             "postprocess takes GPU inputs (FORCE_CPU_ONLY_INPUT_TENSORS is 'no') and needs "
-            "PyTorch, which this Triton container lacks: use a -pyt-python-py3 container, or "
-            "build the repository with --target cpu"
+            "PyTorch, which this Triton container lacks: derive an image with "
+            "deploy/images/torch-postprocess.Dockerfile, or build with --layout fused (the "
+            "stock -py3 image serves it)"
         ) from exc
     return torch
 
 
 def _to_array(tensor, torch):
-    if tensor.is_cpu():
+    """numpy on the CPU path; with torch, DLPack whatever the tensor's memory (no copy)."""
+    if torch is None:
         return tensor.as_numpy()
     return torch.from_dlpack(tensor.to_dlpack())
 
