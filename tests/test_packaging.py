@@ -87,6 +87,32 @@ def test_gpu_inputs_without_torch_fail_the_load_saying_why(
 
 @pytest.mark.slow
 @pytest.mark.triton
+def test_gpu_builds_python_step_serves_without_torch(
+    serve_bin: Path, trt_pod_repo: Path, tmp_path: Path
+) -> None:
+    """The fused GPU build's only Python model (calibrate: raw score -> score, decision) loads
+    and answers where torch is absent, as in the stock -py3 image; the plans need a GPU."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    repo = tmp_path / "python-steps"
+    shutil.copytree(trt_pod_repo / "calibrate", repo / "calibrate")
+    proc, url = _serve(serve_bin, repo)
+    try:
+        assert "serving" in proc.stdout.readline()
+        raw = grpcclient.InferInput("raw_score", [3, 1], "FP32")
+        raw.set_data_from_numpy(np.array([[0.0], [0.5], [50.0]], np.float32))
+        result = grpcclient.InferenceServerClient(url).infer("calibrate", [raw])
+        decided = result.as_numpy("is_anomalous")
+        assert decided.dtype == bool and decided[-1, 0] and result.as_numpy("score").shape == (3, 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.triton
 def test_client_extra_alone_scores_without_torch(
     tmp_path: Path, ensemble_repo: Path, synthetic_root: Path
 ) -> None:
