@@ -4,8 +4,9 @@ found in the repository's configs before it starts.
 A step of an ensemble that rejects a request because its queue is full (`max_queue_size`) made
 that server crash with SIGSEGV under load (seen here; Triton's bug "Ensemble requests stuck
 indefinitely when the step max_queue_size exceeded", triton-inference-server/core#466, fixed in
-core#470 for later releases). Queue timeouts (`default_timeout_microseconds`) do not crash it and
-stay allowed. NVIDIA's containers with the fix serve such a repository as it is.
+core#470, first in release 26.02: `dcam.build.releases.QUEUE_FIX_RELEASE`). Queue timeouts
+(`default_timeout_microseconds`) do not crash it and stay allowed. NVIDIA's containers with the
+fix serve such a repository as it is.
 """
 
 from __future__ import annotations
@@ -66,5 +67,5 @@ def check_embedded_server_can_serve(repo: Path) -> None:
             f"ensemble steps {bounded} set dynamic_batching max_queue_size: the embedded "
             "tritonserver 2.51 crashes when such a step rejects a request (Triton core#466). "
             "Rebuild with --max-queue-size 0 (queue timeouts are safe), or serve the repository "
-            "with a Triton release that has the fix."
+            "with Triton 26.02 or later (NVIDIA's containers, deploy/), which have the fix."
         )

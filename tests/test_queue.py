@@ -48,6 +48,23 @@ def test_requests_enter_through_a_timed_queue_and_only_there(ensemble_repo: Path
         BuildConfig(run_dir="", out="", max_queue_size=-1)
 
 
+def test_queue_bound_from_the_release_that_fixed_the_ensemble_crash() -> None:
+    """core#466 is fixed from Triton 26.02 (build/releases.py): from there NVIDIA-container
+    targets reject past four full batches per instance; before it, and on the embedded 2.51
+    (--target cpu), only the queue timeout bounds the wait."""
+
+    def size(target: str, release: str, **kw) -> int:
+        return BuildConfig(run_dir="", out="", triton_release=release, **kw).queue_size(target)
+
+    assert size("trt", "26.02") == size("onnx", "26.07") == 4 * 32
+    assert size("trt", "26.01") == size("onnx", "24.10") == 0
+    assert size("cpu", "26.07") == 0
+    assert size("trt", "26.07", instances=2, max_batch_size=16) == 4 * 16 * 2
+    assert (
+        size("trt", "26.07", max_queue_size=0) == 0 and size("cpu", "24.10", max_queue_size=7) == 7
+    )
+
+
 @pytest.mark.triton
 def test_queue_size_bound_on_an_ensemble_step_is_refused(ensemble_repo: Path, tmp_path: Path):
     repo = shutil.copytree(ensemble_repo, tmp_path / "repo")
