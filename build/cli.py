@@ -259,6 +259,10 @@ def deploy_command(**options) -> None:
         + (f", CUDA pool {size['cuda_pool_bytes'] >> 20} MiB" if size["cuda_pool_bytes"] else "")
     )
     click.echo(f"apply with: kubectl apply -k {options['out']}")
-    click.echo(f"or, on KServe instead: kubectl apply -f {options['out']}/inferenceservice.yaml")
+    if "inferenceservice.yaml" in files:
+        kserve = f"{options['out']}/inferenceservice.yaml"
+        click.echo(f"or, on KServe instead: kubectl apply -f {kserve}")
+    else:
+        click.echo(f"no KServe alternative: {size['kserve']}")
     namespace = options["namespace"] or "<namespace>"
     click.echo(f"score with: dcam-client score --url dns:///dcam-triton-pods.{namespace}.svc:8001")

@@ -263,7 +263,8 @@ def gpu_product(report: dict, requested: str | None) -> str | None:
         return label_value(requested)
     gpu = report.get("gpu") or {}
     built_on = gpu["gpu"].replace(" ", "-") if gpu.get("gpu") else None
-    if requested and built_on and requested != built_on and gpu["hardware_compatibility"] == "none":
+    portable = gpu.get("hardware_compatibility", "none") != "none"
+    if requested and built_on and requested != built_on and not portable:
         raise ConfigError(
             f"the plans were built on {gpu['gpu']} ({GPU_PRODUCT}={built_on}) without hardware "
             f"compatibility and load only there, not on {requested}: build them on that GPU, "
@@ -307,7 +308,8 @@ def pod_patch(cfg: DeployConfig, report: dict, resources: dict, annotations: dic
     """The Deployment patch: this build's figures, and on GPUs its node and plan step."""
     pod: dict = {}
     container: dict = {"name": CONTAINER, "resources": resources}
-    volumes, mounts = [], []
+    volumes: list[dict] = []
+    mounts: list[dict] = []
     if cfg.in_object_storage:
         volumes.append({"name": VOLUME, "$patch": "delete"})
         mounts.append({"mountPath": MOUNT, "$patch": "delete"})

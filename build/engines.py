@@ -191,7 +191,11 @@ def build_repository(cfg: BuildConfig) -> dict:
             if cfg.plans == "here":
                 tensorrt_target.build_here(tmp, recipe, cfg, report)
         report["seconds"] = time.perf_counter() - start
-        manifest.write(tmp)
+        serving = {k: report[k] for k in ("target", "layout", "triton_release")}
+        serving["image"] = report["serving_image"]["image"]
+        if "gpu" in report:  # plans built here; in the pod, build_plans.py adds its own
+            serving["tensorrt"] = report["gpu"]
+        Manifest.from_dict({**manifest.data, "serving": serving}).write(tmp)
         write_json_atomic(tmp / REPORT_FILE, report)
         if out.exists():
             shutil.rmtree(out)

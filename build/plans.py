@@ -96,26 +96,30 @@ def tensorrt_version(trtexec: str) -> str:
     return f"{int(digits[:-4])}.{int(digits[-4:-2])}.{int(digits[-2:])}"
 
 
-def gpu_product() -> str:
-    """The GPU model, as nvidia-smi names it (e.g. 'NVIDIA H200'), as a path-safe key."""
+def gpu() -> tuple[str, str]:
+    """The GPU model and its compute capability, as nvidia-smi names them ('NVIDIA H200',
+    '9.0'); one model per machine, since a plan is tied to it."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise PlanError(f"cannot name the GPU with nvidia-smi: {exc}") from exc
-    names = {line.strip() for line in out.splitlines() if line.strip()}
-    if len(names) != 1:
-        raise PlanError(f"expected one GPU model, nvidia-smi lists {sorted(names)}")
-    return re.sub(r"[^a-z0-9]+", "-", names.pop().lower()).strip("-")
+    rows = {tuple(p.strip() for p in line.rsplit(",", 1)) for line in out.splitlines() if line}
+    if len(rows) != 1 or len(next(iter(rows))) != 2:
+        raise PlanError(f"expected one GPU model, nvidia-smi lists {sorted(rows)}")
+    name, capability = rows.pop()
+    return name, capability
 
 
-def plan_key(gpu: str, version: str, hardware: str) -> str:
+def plan_key(gpu_name: str, version: str, hardware: str) -> str:
+    """`<gpu model>_trt<version>[_<compatibility>]`, path-safe: what a plan is tied to."""
+    product = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
     suffix = "" if hardware == "none" else f"_{hardware}"
-    return f"{gpu}_trt{version}{suffix}"
+    return f"{product}_trt{version}{suffix}"
 
 
 def read_floats(path: Path) -> array:
@@ -171,11 +175,15 @@ def run(cmd: list[str]) -> None:
         raise PlanError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}")
 
 
-def build_into(source: Path, dest: Path, trtexec: str, major: int, cache: Path, work: Path) -> dict:
-    """Copy the repository to `dest` and build and check every plan there."""
+def build_into(
+    source: Path, dest: Path, trtexec: str, tied_to: dict, cache: Path, work: Path
+) -> dict:
+    """Copy the repository to `dest`, build and check every plan there, and record what the
+    plans are tied to in its manifest and plans_report.json."""
     recipe = json.loads((source / RECIPE).read_text())
     shutil.copytree(source, dest, symlinks=True)
-    report = {"tensorrt_major": major, "hardware": recipe["hardware"], "models": {}}
+    major = int(tied_to["tensorrt"].split(".")[0])
+    report = {**tied_to, "models": {}}
     for model in recipe["models"]:
         graph = model["onnx_fp16"] if major == 11 else model["onnx"]
         cmd = trtexec_command(
@@ -190,6 +198,9 @@ def build_into(source: Path, dest: Path, trtexec: str, major: int, cache: Path, 
         )
         run(cmd)
         report["models"][model["name"]] = check_plan(trtexec, dest, model, recipe, work)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest.setdefault("serving", {})["tensorrt"] = tied_to
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (dest / "plans_report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -197,16 +208,23 @@ def build_into(source: Path, dest: Path, trtexec: str, major: int, cache: Path, 
 def build_plans(source: Path, cache: Path, trtexec: str, key: str | None = None) -> Path:
     """The plans for this GPU and TensorRT under `cache`, built once per key."""
     version = tensorrt_version(trtexec)
-    major = int(version.split(".")[0])
-    if major not in (10, 11):
+    if int(version.split(".")[0]) not in (10, 11):
         raise PlanError(f"TensorRT {version}: this step drives TensorRT 10 and 11 only")
     recipe = json.loads((source / RECIPE).read_text())
-    final = cache / (key or plan_key(gpu_product(), version, recipe["hardware"]))
+    name, capability = gpu()
+    final = cache / (key or plan_key(name, version, recipe["hardware"]))
     if (final / "plans_report.json").is_file():
         return final
+    tied_to = {
+        "tensorrt": version,
+        "gpu": name,
+        "compute_capability": capability,
+        "hardware_compatibility": recipe["hardware"],
+        "triton_container": os.environ.get("NVIDIA_TRITON_SERVER_VERSION"),
+    }
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".building-", dir=cache) as tmp:
-        build_into(source, Path(tmp) / "repo", trtexec, major, cache, Path(tmp))
+        build_into(source, Path(tmp) / "repo", trtexec, tied_to, cache, Path(tmp))
         try:
             os.rename(Path(tmp) / "repo", final)
         except OSError:

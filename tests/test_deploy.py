@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from dcam.build.config import BuildConfig
+from dcam.build.plans import SCRIPT
+from dcam.build.releases import DEFAULT_RELEASE, release
 from dcam.core.names import ENTRY_MODELS
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -80,12 +82,61 @@ def test_overlays_ask_for_what_they_run_on() -> None:
     gpu = _container(gpu_deployment)
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert gpu["image"].endswith("-pyt-python-py3")  # PyTorch for on-device post-processing
     assert "--cuda-memory-pool-byte-size=0:$(CUDA_MEMORY_POOL_BYTES)" in gpu["args"]
     config_map = by_kind(render("overlays/gpu"))["ConfigMap"]
     assert int(config_map["data"]["CUDA_MEMORY_POOL_BYTES"]) > 0
     assert gpu["envFrom"][0]["configMapRef"]["name"] == config_map["metadata"]["name"]
     assert gpu_deployment["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_every_pin_is_the_release_dcam_builds_for() -> None:
+    """One stock image, the release of build/releases.py, everywhere: base, both overlays (and
+    the GPU overlay's initContainer) and the KServe runtime."""
+    image = release(DEFAULT_RELEASE).image
+    assert image == "nvcr.io/nvidia/tritonserver:26.07-py3"
+    for folder in ("base", "overlays/cpu", "overlays/gpu"):
+        spec = by_kind(render(folder))["Deployment"]["spec"]["template"]["spec"]
+        for container in spec["containers"] + spec.get("initContainers", []):
+            assert container["image"] == image, (folder, container["name"])
+    isvc = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    assert isvc["spec"]["predictor"]["model"]["runtimeVersion"] == f"{DEFAULT_RELEASE}-py3"
+
+
+def test_gpu_pods_build_their_plans_in_their_own_image_on_the_volume() -> None:
+    """build-plans runs the repository's build_plans.py in Triton's image on the pod's GPU,
+    keeps the plans on the model volume (written by it alone) and links them where Triton
+    reads; the nodes are picked by GPU product."""
+    objects = by_kind(render("overlays/gpu"))
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    triton = _container(objects["Deployment"])
+    repository = objects["ConfigMap"]["data"]["MODEL_REPOSITORY"]
+    assert repository.startswith("/models/")  # a folder of the volume: the cache sits beside it
+    assert init["name"] == "build-plans" and init["image"] == triton["image"]
+    assert init["command"] == [
+        "python3",
+        f"$(MODEL_REPOSITORY)/{SCRIPT}",
+        "--source=$(MODEL_REPOSITORY)",
+        "--cache=/models/plans",
+        "--link=/serving/repository",
+    ]
+    assert init["envFrom"] == triton["envFrom"]
+    assert init["resources"]["limits"]["nvidia.com/gpu"] == "1"  # it builds on the GPU
+    mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+    assert mounts["/models"]["name"] == "models" and not mounts["/models"].get("readOnly")
+    assert "--model-repository=/serving/repository" in triton["args"]
+    served = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    assert served["/models"]["readOnly"] and served["/serving"]["readOnly"]  # the link's target
+    assert served["/serving"]["name"] == mounts["/serving"]["name"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts["/serving"]["name"]]
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is False
+    assert objects["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert set(spec["nodeSelector"]) == {"nvidia.com/gpu.product"}
+    # The base keeps the volume read-only: nothing writes it there.
+    base = by_kind(render("base"))
+    assert base["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert "initContainers" not in base["Deployment"]["spec"]["template"]["spec"]
 
 
 def test_autoscalers_target_the_deployment_on_triton_queue_time() -> None:

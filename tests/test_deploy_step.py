@@ -1,6 +1,7 @@
 """`dcam-build deploy`: the overlay it writes for a real build renders with `kubectl kustomize`,
 validates against the Kubernetes schemas, and carries the figures of that build (image tag,
-model, input size, CPU threads, memory, CUDA pool), so nothing in deploy/ is edited by hand."""
+model, input size, CPU threads, memory, CUDA pool, GPU product, plan step), so nothing in
+deploy/ is edited by hand."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dcam.build.cli import build_group
 from dcam.build.config import BuildConfig
 from dcam.build.deploy import ANNOTATION, POOL_BATCHES, feature_bytes, image_tag
 from dcam.build.engines import build_repository
+from dcam.build.releases import DEFAULT_RELEASE
 from dcam.core.errors import ConfigError
 from dcam.core.manifest import Manifest
 from dcam.serve.compat import read_configs
@@ -28,6 +30,9 @@ def onnx_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deploy") / "onnx"
     build_repository(BuildConfig(run_dir=str(tiny_run), out=str(out), target="onnx", threads=3))
     return out
+
+
+IMAGE = f"nvcr.io/nvidia/tritonserver:{DEFAULT_RELEASE}-py3"
 
 
 def deploy(repo: Path, out: Path, *options: str) -> dict[str, dict]:
@@ -52,7 +57,7 @@ def test_cpu_overlay_carries_the_build(onnx_repo: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     deployment = objects["Deployment"]
     container = _container(deployment)
-    assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert container["image"] == IMAGE
     assert deployment["spec"]["replicas"] == 3
     assert {o["metadata"]["namespace"] for o in objects.values()} == {"line"}
     assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == "s3://plant/line"
@@ -77,7 +82,8 @@ def test_cpu_overlay_carries_the_build(onnx_repo: Path, tmp_path: Path) -> None:
     # The KServe alternative carries the same build.
     service = yaml.safe_load((tmp_path / "line" / "inferenceservice.yaml").read_text())
     model = service["spec"]["predictor"]["model"]
-    assert model["runtimeVersion"] == "24.10-py3" and model["storageUri"] == "s3://plant/line"
+    assert model["runtimeVersion"] == f"{DEFAULT_RELEASE}-py3"
+    assert model["storageUri"] == "s3://plant/line"
     assert model["resources"] == container["resources"]
     assert service["metadata"]["namespace"] == "line"
     # Triton reads s3:// itself: no volume, no claim.
@@ -98,12 +104,42 @@ def test_a_volume_repository_keeps_the_base_claim(onnx_repo: Path, tmp_path: Pat
 
 
 def test_gpu_accelerated_onnx_build_goes_to_gpu_nodes(onnx_repo: Path, tmp_path: Path) -> None:
-    """ONNX Runtime's TensorRT accelerator puts the networks on the GPU: the GPU overlay, the
-    image with PyTorch for post-processing on the device, any release (engines build at load)."""
+    """ONNX Runtime's TensorRT accelerator puts the networks on the GPU: the GPU overlay and
+    the stock image, but no plans to build and any GPU product (engines build at load)."""
     repo = _with_report(onnx_repo, tmp_path / "ort-trt", onnx_accelerator="tensorrt")
-    container = _container(deploy(repo, tmp_path / "gpu")["Deployment"])
-    assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"
+    objects = deploy(repo, tmp_path / "gpu")
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    container = _container(objects["Deployment"])
+    assert container["image"] == IMAGE
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert not spec.get("initContainers") and "nvidia.com/gpu.product" not in spec["nodeSelector"]
+    assert "--model-repository=$(MODEL_REPOSITORY)" in container["args"]
+    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == "/models/repository"
+    pinned = deploy(repo, tmp_path / "pinned", "--gpu-product", "NVIDIA-L4")["Deployment"]
+    assert pinned["spec"]["template"]["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-L4"
+    }
+
+
+def test_torch_post_processing_needs_the_derived_image(onnx_repo: Path, tmp_path: Path) -> None:
+    """The ensemble's post-processing with GPU inputs imports torch, which NVIDIA's images
+    lack: refused on the stock image, run on the one deploy/images/ derives."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo = _with_report(onnx_repo, tmp_path / "ort-trt", onnx_accelerator="tensorrt")
+    path = repo / "postprocess" / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+    path.write_text(text_format.MessageToString(config))
+    stock = CliRunner().invoke(build_group, ["deploy", str(repo), "--out", str(tmp_path / "x")])
+    assert stock.exit_code != 0 and "torch-postprocess.Dockerfile" in stock.output
+    derived = "registry.example.com/dcam/tritonserver-torch"
+    objects = deploy(repo, tmp_path / "torch", "--image", derived)
+    assert _container(objects["Deployment"])["image"] == f"{derived}:{DEFAULT_RELEASE}-py3"
+    assert not (tmp_path / "torch" / "inferenceservice.yaml").exists()  # KServe runs NVIDIA's
+    tagged = ["deploy", str(repo), "--out", str(tmp_path / "y"), "--image", f"{derived}:1"]
+    assert "without tag" in CliRunner().invoke(build_group, tagged).output
 
 
 def test_refuses_threads_from_the_build_machine(onnx_repo: Path, tmp_path: Path) -> None:
@@ -118,8 +154,9 @@ def _with_report(repo: Path, copy: Path, target: str | None = None, **config) ->
     shutil.copytree(repo, copy)
     report = json.loads((copy / "build_report.json").read_text())
     report["config"].update(config)
-    if target:
-        report.update(target=target, triton_container="24.10")
+    if target:  # plans built here, in the release's container, on an H200
+        gpu = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "hardware_compatibility": "none"}
+        report.update(target=target, plans="here", triton_container=DEFAULT_RELEASE, gpu=gpu)
     (copy / "build_report.json").write_text(json.dumps(report))
     return copy
 
@@ -153,13 +190,14 @@ def _dig(obj: dict, keys: tuple[str, ...]) -> dict:
 def test_gpu_overlay_sizes_the_cuda_pool_and_pins_the_build_release(
     onnx_repo: Path, tmp_path: Path
 ) -> None:
-    """No TensorRT here: the report of a real build is marked as a plan build made in release
-    24.10 to check the GPU rules (tag, pool) on a real manifest and configs."""
+    """No TensorRT here: the report of a real build is marked as plans built here in release
+    26.07 on an H200, to check the GPU rules (tag, pool, node, no plan step) on a real manifest
+    and configs."""
     repo = _with_report(onnx_repo, tmp_path / "trt", target="trt")
     report = json.loads((repo / "build_report.json").read_text())
     objects = deploy(repo, tmp_path / "gpu")
     container = _container(objects["Deployment"])
-    assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"
+    assert container["image"] == IMAGE
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     pool = int(objects["ConfigMap"]["data"]["CUDA_MEMORY_POOL_BYTES"])
     batch = report["config"]["max_batch_size"]
@@ -167,20 +205,89 @@ def test_gpu_overlay_sizes_the_cuda_pool_and_pins_the_build_release(
     assert needed <= pool < 2 * needed and pool & (pool - 1) == 0  # the next power of two
     service = yaml.safe_load((tmp_path / "gpu" / "inferenceservice.yaml").read_text())
     model = service["spec"]["predictor"]["model"]
-    assert model["runtimeVersion"] == "24.10-pyt-python-py3"
+    assert model["runtimeVersion"] == f"{DEFAULT_RELEASE}-py3"
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert f"--cuda-memory-pool-byte-size=0:{pool}" in model["args"]
+    assert service["spec"]["predictor"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
     refused = CliRunner().invoke(
-        build_group, ["deploy", str(repo), "--out", str(tmp_path / "x"), "--image-tag", "25.01-py3"]
+        build_group, ["deploy", str(repo), "--out", str(tmp_path / "x"), "--image-tag", "26.06-py3"]
     )
-    assert refused.exit_code != 0 and "built in Triton release 24.10" in refused.output
+    assert refused.exit_code != 0
+    assert f"built in Triton release {DEFAULT_RELEASE}" in refused.output
+
+
+def test_plans_built_here_are_served_as_they_are(onnx_repo: Path, tmp_path: Path) -> None:
+    """Plans built here: no build-plans, Triton on the repository itself, read-only volume,
+    pinned to the GPU that built them; another product only with hardware compatibility."""
+    repo = _with_report(onnx_repo, tmp_path / "trt", target="trt")
+    objects = deploy(repo, tmp_path / "gpu")
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    container = _container(objects["Deployment"])
+    assert not spec.get("initContainers")
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
+    assert container["args"][0] == "--model-repository=$(MODEL_REPOSITORY)"
+    assert "--cuda-memory-pool-byte-size=0:$(CUDA_MEMORY_POOL_BYTES)" in container["args"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/models", "/dev/shm"}
+    assert {v["name"] for v in spec["volumes"]} == {"models", "dshm"}
+    claim = objects["PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+    other = ["deploy", str(repo), "--out", str(tmp_path / "x"), "--gpu-product", "NVIDIA-L4"]
+    refused = CliRunner().invoke(build_group, other)
+    assert refused.exit_code != 0 and "load only there" in refused.output
+    portable = _with_report(repo, tmp_path / "ampere", target="trt")
+    report = json.loads((portable / "build_report.json").read_text())
+    report["gpu"]["hardware_compatibility"] = "ampere+"
+    (portable / "build_report.json").write_text(json.dumps(report))
+    moved = deploy(portable, tmp_path / "l4", "--gpu-product", "NVIDIA-L4")["Deployment"]
+    assert (
+        moved["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-L4"
+    )
+
+
+def test_pods_build_the_plans_of_a_pod_build(trt_pod_repo: Path, tmp_path: Path) -> None:
+    """A real `--plans pod` build: the overlay keeps build-plans, in the build's release, on the
+    GPU product given, with a writable volume; other releases and places are refused."""
+    pod_repo = trt_pod_repo  # conftest: made here on the CPU, no TensorRT needed
+    report = json.loads((pod_repo / "build_report.json").read_text())
+    assert report["plans"] == "pod" and report["triton_release"] == DEFAULT_RELEASE
+    assert (pod_repo / "build_plans.py").is_file() and (pod_repo / "plans.json").is_file()
+    out = tmp_path / "line"
+    objects = deploy(pod_repo, out, "--gpu-product", "NVIDIA-H200")
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    container = _container(objects["Deployment"])
+    assert init["image"] == container["image"] == IMAGE
+    assert init["command"][1:3] == [
+        "$(MODEL_REPOSITORY)/build_plans.py",
+        "--source=$(MODEL_REPOSITORY)",
+    ]
+    assert "--model-repository=/serving/repository" in container["args"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
+    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == "/models/repository"
+    assert objects["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    # KServe's runtime has no plan step: no InferenceService, and sizing.json says why.
+    assert not (out / "inferenceservice.yaml").exists()
+    assert "initContainer" in json.loads((out / "sizing.json").read_text())["kserve"]
+    runner = CliRunner()
+    for options, message in [
+        ([], "pass --gpu-product"),
+        (["--gpu-product", "NVIDIA H200"], "not a Kubernetes label value"),
+        (["--gpu-product", "NVIDIA-H200", "--image-tag", "26.06-py3"], "--triton-release 26.06"),
+        (["--gpu-product", "NVIDIA-H200", "--model-repository", "s3://plant/line"], "--plans here"),
+        (["--gpu-product", "NVIDIA-H200", "--model-repository", "/models"], "overlap"),
+    ]:
+        result = runner.invoke(
+            build_group, ["deploy", str(pod_repo), "--out", str(tmp_path / "x"), *options]
+        )
+        assert result.exit_code != 0 and message in result.output, options
 
 
 def test_plans_from_outside_the_container_need_a_tag() -> None:
     report = {"target": "trt", "config": {}, "versions": {"tensorrt": "10.5.0"}}
     with pytest.raises(ConfigError, match="pass --image-tag"):
         image_tag(report, None)
-    assert image_tag(report, "24.10-pyt-python-py3") == "24.10-pyt-python-py3"
+    assert image_tag(report, "26.07-py3") == "26.07-py3"
 
 
 def test_refuses_the_embedded_target_and_existing_files(

@@ -154,7 +154,7 @@ def test_ensemble_on_gpu_needs_the_derived_image(tiny_run: Path, tmp_path: Path)
         assert {"Sub", "Div"} <= set(summary["fp32"]) and "Conv" in summary["fp16"]
 
 
-def _standin_path(tmp_path: Path, gpu: str = "NVIDIA H200") -> dict:
+def _standin_path(tmp_path: Path, gpu: str = "NVIDIA H200, 9.0") -> dict:
     """PATH with the stand-in trtexec and an nvidia-smi that names one GPU."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -187,7 +187,11 @@ def test_build_plans_in_a_stock_like_environment(trt_pod_repo: Path, tmp_path: P
     assert done.stdout.strip() == str(key) and link.resolve() == key
     assert (key / "fused" / "1" / "model.plan").is_file()
     report = json.loads((key / "plans_report.json").read_text())
-    assert report["tensorrt_major"] == 11 and max(report["models"]["fused"].values()) < 2e-2
+    assert max(report["models"]["fused"].values()) < 2e-2
+    tied_to = {"tensorrt": "11.4.0", "gpu": "NVIDIA H200", "compute_capability": "9.0"}
+    assert tied_to.items() <= report.items()
+    served = json.loads((key / "manifest.json").read_text())["serving"]
+    assert tied_to.items() <= served["tensorrt"].items() and served["triton_release"] == "26.07"
     builds = [c for c in _calls(tmp_path) if any(a.startswith("--onnx=") for a in c)]
     (build,) = builds  # in a private folder, then renamed into the key
     assert any(a.endswith("/repo/fused/1/model.fp16.onnx") for a in build)
@@ -200,7 +204,7 @@ def test_build_plans_in_a_stock_like_environment(trt_pod_repo: Path, tmp_path: P
 def test_build_plans_on_tensorrt_10_uses_the_fp32_graph_and_its_flag(
     trt_pod_repo: Path, tmp_path: Path
 ) -> None:
-    env = {**_standin_path(tmp_path, "NVIDIA A100-SXM4-80GB"), "STANDIN_TENSORRT": "101303"}
+    env = {**_standin_path(tmp_path, "NVIDIA A100-SXM4-80GB, 8.0"), "STANDIN_TENSORRT": "101303"}
     done = _build_plans(trt_pod_repo, tmp_path / "cache", tmp_path / "link", env)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).name == "nvidia-a100-sxm4-80gb_trt10.13.3"
