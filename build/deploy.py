@@ -14,7 +14,6 @@ makes the Deployment roll out (deploy/README.md, "Rolling updates").
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -23,15 +22,23 @@ from pathlib import Path
 import yaml
 
 from dcam.build import images
-from dcam.build.config import networks_on_gpu
+from dcam.build.deploy_gpu import (
+    GPU_PRODUCT,
+    GPU_REPOSITORY,
+    MOUNT,
+    check_plan_cache,
+    gpu_product,
+    serving_args,
+)
 from dcam.build.kserve import inference_service, kserve_refusal, volume_uri
 from dcam.build.releases import DEFAULT_RELEASE, release
 from dcam.build.report import REPORT_FILE, read_build_report
+from dcam.build.sizing import plans_in_pod, runs_on_gpu, sizing
 from dcam.core.errors import ConfigError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
 from dcam.core.manifest import FILENAME as MANIFEST_FILE
 from dcam.core.manifest import Manifest
-from dcam.core.names import ENSEMBLE_MODEL, ENTRY_MODELS
+from dcam.core.names import ENSEMBLE_MODEL
 from dcam.serve.compat import read_configs
 
 # deploy/ in the source checkout: dcam's subpackages are the checkout's top-level folders.
@@ -42,34 +49,13 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
 # post-processing needs torch, and an image derived from it (build/images.py).
 IMAGE_VARIANT = "py3"
 OBJECT_STORES = ("s3://", "gs://", "as://")  # repositories Triton reads without a volume
-VOLUME, MOUNT, CLAIM = "models", "/models", "dcam-models"  # deploy/base's model volume
+VOLUME, CLAIM = "models", "dcam-models"  # deploy/base's model volume, mounted at MOUNT
 # The overlays' MODEL_REPOSITORY: on GPUs a folder of the volume, since the plans are kept
 # beside it (PLAN_CACHE) and build_plans.py copies the repository into the cache.
-REPOSITORY = {False: MOUNT, True: f"{MOUNT}/repository"}
-PLAN_CACHE = f"{MOUNT}/plans"  # the GPU overlay's `build-plans --cache`
+REPOSITORY = {False: MOUNT, True: GPU_REPOSITORY}
 INIT_CONTAINER, SERVING_VOLUME, SERVING_MOUNT = "build-plans", "serving", "/serving"
-GPU_PRODUCT = "nvidia.com/gpu.product"  # set by NVIDIA's GPU feature discovery
-LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 DEPLOYMENT, CONFIG_MAP, CONTAINER = "dcam-triton", "dcam-triton", "tritonserver"
 ANNOTATION = "dcam.ai"
-
-# Host memory, MiB. Measured on the CPU in the soak (benchmarks/results/soak-20261130.md):
-# tritonserver held about 240 MiB and a Python-backend stub about 190 MiB at rest.
-CPU_BASE_MIB = 512
-# Estimated, never run: CUDA's and TensorRT's libraries in tritonserver, and PyTorch in the
-# post-processing stub where a derived image carries it.
-GPU_BASE_MIB = 4096
-# Under plans/ on the volume, per GPU model and release the pods ran on: a copy of the
-# repository and a plan per graph (about the size of its FP16 graph); one such copy counted.
-PLAN_COPIES = 2
-# ONNX Runtime's arena keeps the largest batch's intermediates; the stem's output alone is four
-# times the layer1 map, so the three levels' maps are scaled by this per network.
-ACTIVATION_FACTOR = 4
-MAPS_PER_IMAGE = 4  # post-processing: per-level maps upsampled, their sum, the blurred map
-# The CUDA pool carries the features between ensemble steps: two batches in flight, each
-# double-buffered, per instance.
-POOL_BATCHES = 4
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -102,91 +88,6 @@ class DeployConfig:
 
     def repository(self, gpu: bool) -> str:
         return self.model_repository or REPOSITORY[gpu]
-
-
-@dataclass(frozen=True)
-class Sizing:
-    """Per-pod figures the overlay sets, with how each was derived in `sizing`."""
-
-    cpu: str | None  # None: keep the overlay's (GPU pods: decode and post-processing only)
-    memory_request_mib: int
-    memory_limit_mib: int
-    cuda_pool_bytes: int | None
-    storage_gib: int
-
-
-def feature_bytes(manifest: Manifest) -> int:
-    """Bytes of one network's float32 feature maps (all levels) for one image."""
-    height, width = manifest.input_size
-    channels, strides = manifest.data["feature_channels"], manifest.data["feature_strides"]
-    return sum(
-        4 * c * math.ceil(height / s) * math.ceil(width / s)
-        for c, s in zip(channels, strides, strict=True)
-    )
-
-
-def image_models(configs: dict) -> list[str]:
-    """The models that run a network: those requests enter (not post-processing)."""
-    return [name for name in configs if name in ENTRY_MODELS]
-
-
-def _instances(config) -> int:
-    return sum(group.count for group in config.instance_group) or 1
-
-
-def _threads(config) -> int:
-    """ONNX Runtime's intra-op threads per instance (0 on GPU models, which set none)."""
-    param = config.parameters.get("intra_op_thread_count")
-    return int(param.string_value) if param is not None else 0
-
-
-def _round_up(value: float, step: int) -> int:
-    return int(math.ceil(value / step) * step)
-
-
-def runs_on_gpu(report: dict) -> bool:
-    return networks_on_gpu(report["target"], report["config"].get("onnx_accelerator", "none"))
-
-
-def plans_in_pod(report: dict) -> bool:
-    """TensorRT graphs whose plans the serving pod builds (`--plans pod`); reports from before
-    the choice existed had their plans built where the build ran."""
-    return report["target"] == "trt" and report.get("plans", "here") == "pod"
-
-
-def sizing(repo: Path, report: dict, manifest: Manifest) -> Sizing:
-    """CPU: the ONNX Runtime threads the configs give each instance; memory: a base plus weights
-    and the largest batch's activations; GPU: a CUDA pool for the features of full batches."""
-    gpu = runs_on_gpu(report)
-    if not gpu and not report["config"]["threads"]:
-        raise ConfigError(
-            f"{repo} was built with --threads 0, so its configs give ONNX Runtime the cores of "
-            "the machine that built it, not of the pods: build it again with --threads N, the "
-            "cores each network may use on a pod (the pod then asks for 2 x N)"
-        )
-    configs = read_configs(repo)
-    models = image_models(configs)
-    batch = report["config"]["max_batch_size"]
-    instances = max(_instances(configs[m]) for m in models)
-    nets = 2  # teacher and student, as two models or inside the fused graph
-    features = feature_bytes(manifest)
-    weights = sum(f.stat().st_size for m in models for f in (repo / m).rglob("model.*"))
-    height, width = manifest.input_size
-    per_batch = batch * (nets * ACTIVATION_FACTOR * features + MAPS_PER_IMAGE * 4 * height * width)
-    base = GPU_BASE_MIB if gpu else CPU_BASE_MIB
-    request = _round_up(base + (2 * weights + instances * per_batch) / MIB, 256)
-    threads = sum(_threads(configs[m]) * _instances(configs[m]) for m in models)
-    pool = POOL_BATCHES * instances * batch * nets * features
-    size = sum(f.stat().st_size for f in repo.rglob("*") if f.is_file())
-    copies = 1 + (PLAN_COPIES if plans_in_pod(report) else 0)
-    return Sizing(
-        cpu=None if gpu else str(max(threads, 1)),
-        memory_request_mib=request,
-        memory_limit_mib=_round_up(request * 1.5, 256),
-        cuda_pool_bytes=1 << math.ceil(math.log2(pool)) if gpu else None,
-        # room for the next version
-        storage_gib=max(1, math.ceil(2 * copies * size / (1 << 30))),
-    )
 
 
 def image_tag(report: dict, requested: str | None) -> str:
@@ -236,72 +137,6 @@ def image_name(configs: dict, requested: str | None) -> str | None:
             "build (--image-tag)"
         )
     return requested
-
-
-def label_value(value: str) -> str:
-    if not LABEL_VALUE.fullmatch(value):
-        raise ConfigError(
-            f"{value!r} is not a Kubernetes label value; GPU feature discovery labels the "
-            f"nodes {GPU_PRODUCT}=<NVML's GPU name, dashes for spaces>, e.g. NVIDIA-H200 "
-            f"(kubectl get nodes -L {GPU_PRODUCT})"
-        )
-    return value
-
-
-def gpu_product(report: dict, requested: str | None) -> str | None:
-    """The nvidia.com/gpu.product the pods run on; None: any GPU (ONNX Runtime builds its
-    engines when the model loads)."""
-    if report["target"] != "trt":
-        return label_value(requested) if requested else None
-    if plans_in_pod(report):
-        if not requested:
-            raise ConfigError(
-                "the pods build their plans for the GPU they run on, and they should all run "
-                f"on one GPU model: pass --gpu-product, the nodes' {GPU_PRODUCT} label "
-                f"(kubectl get nodes -L {GPU_PRODUCT})"
-            )
-        return label_value(requested)
-    gpu = report.get("gpu") or {}
-    built_on = gpu["gpu"].replace(" ", "-") if gpu.get("gpu") else None
-    portable = gpu.get("hardware_compatibility", "none") != "none"
-    if requested and built_on and requested != built_on and not portable:
-        raise ConfigError(
-            f"the plans were built on {gpu['gpu']} ({GPU_PRODUCT}={built_on}) without hardware "
-            f"compatibility and load only there, not on {requested}: build them on that GPU, "
-            "or with --plans pod"
-        )
-    if not (requested or built_on):
-        raise ConfigError(
-            f"the build report names no GPU for these plans: pass --gpu-product, the {GPU_PRODUCT} "
-            "label of the GPU model that built them"
-        )
-    return label_value(requested or built_on)
-
-
-def serving_args(deploy_dir: Path) -> list[str]:
-    """The GPU overlay's tritonserver arguments, reading the repository itself (no link)."""
-    patch = yaml.safe_load((deploy_dir / OVERLAYS[True] / "gpu.yaml").read_text())
-    (container,) = patch["spec"]["template"]["spec"]["containers"]
-    args = [a for a in container["args"] if not a.startswith("--model-repository=")]
-    if len(args) != len(container["args"]) - 1:
-        raise ConfigError(f"{deploy_dir}/overlays/gpu/gpu.yaml sets no single --model-repository")
-    return ["--model-repository=$(MODEL_REPOSITORY)", *args]
-
-
-def check_plan_cache(repository: str, in_object_storage: bool) -> None:
-    """The pod builds plans from a repository on the volume into PLAN_CACHE beside it."""
-    where, cache = Path(repository), Path(PLAN_CACHE)
-    if in_object_storage or not where.is_relative_to(MOUNT):
-        raise ConfigError(
-            f"the pods build their plans from the repository on the model volume ({MOUNT}), "
-            f"not from {repository}: pass --model-repository {REPOSITORY[True]}, or build the "
-            "plans with --plans here"
-        )
-    if where.is_relative_to(cache) or cache.is_relative_to(where):
-        raise ConfigError(
-            f"--model-repository {repository} and the plan cache {PLAN_CACHE} overlap (the "
-            f"cache holds copies of the repository): use a folder such as {REPOSITORY[True]}"
-        )
 
 
 def pod_patch(cfg: DeployConfig, report: dict, resources: dict, annotations: dict) -> dict:

@@ -16,9 +16,10 @@ from click.testing import CliRunner
 
 from dcam.build.cli import build_group
 from dcam.build.config import BuildConfig
-from dcam.build.deploy import ANNOTATION, POOL_BATCHES, feature_bytes, image_tag
+from dcam.build.deploy import ANNOTATION, image_tag
 from dcam.build.engines import build_repository
 from dcam.build.releases import DEFAULT_RELEASE
+from dcam.build.sizing import POOL_BATCHES, feature_bytes
 from dcam.core.errors import ConfigError
 from dcam.core.manifest import Manifest
 from dcam.serve.compat import read_configs
