@@ -217,3 +217,35 @@ def test_build_plans_refuses_a_plan_that_disagrees(trt_pod_repo: Path, tmp_path:
     done = _build_plans(trt_pod_repo, tmp_path / "cache", tmp_path / "link", env)
     assert done.returncode == 1 and "differs from ONNX Runtime FP32" in done.stderr
     assert not (tmp_path / "link").exists() and not list((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.skipif(trt.installed_tensorrt() is not None, reason="TensorRT is installed")
+def test_cli_refuses_trt_here_as_a_message(tiny_run: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dcam.build.cli import build_group
+
+    out = tmp_path / "repo"
+    args = ["engines", str(tiny_run), "--out", str(out), "--target", "trt"]
+    result = CliRunner().invoke(build_group, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "TensorRT 10.x or 11.x" in result.output and "--plans pod" in result.output
+    unknown = CliRunner().invoke(build_group, [*args, "--triton-release", "23.01"])
+    assert unknown.exit_code == 2 and "26.07" in unknown.output  # click lists the table
+    assert not out.exists()
+
+
+def test_hardware_compatibility_travels_with_the_recipe(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fleet"
+    cfg = BuildConfig(
+        run_dir=str(tiny_run),
+        out=str(out),
+        target="trt",
+        plans="pod",
+        hardware_compatibility="ampere+",
+    )
+    build_repository(cfg)
+    assert json.loads((out / plans.RECIPE).read_text())["hardware"] == "ampere+"
+    assert plans.plan_key("NVIDIA H200", "11.4.0", "ampere+") == "nvidia-h200_trt11.4.0_ampere+"
+    with pytest.raises(ConfigError, match="hardware_compatibility"):
+        BuildConfig(run_dir="r", out="o", hardware_compatibility="hopper+")
