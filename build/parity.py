@@ -40,14 +40,16 @@ def output_errors(
     return errors
 
 
-def onnxruntime_session(path: Path, threads: int = 0):
-    """An ONNX Runtime FP32 session on the CPU: the reference every later stage is checked
-    against, here and (as stored outputs) where the plans are built."""
+def onnxruntime_session(model: Path | bytes, threads: int = 0):
+    """An ONNX Runtime session on the CPU (a graph's path, or its serialised bytes): the
+    reference every later stage is checked against, here and (as stored outputs) where the
+    plans are built."""
     import onnxruntime as ort  # deferred: the build extra is optional
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def check_onnx(

@@ -24,7 +24,7 @@ from dcam.build.readiness import require_tensorrt_ready
 from dcam.build.releases import release, require_matching_tensorrt, require_supported_tensorrt
 from dcam.core.errors import BuildError
 
-PARITY_COUNT = 2  # images each plan is checked on: one good, one defective
+PARITY_PICK = (0, -1)  # plans are checked on the first good and the last defective image
 TRITON_CONTAINER_ENV = "NVIDIA_TRITON_SERVER_VERSION"  # set in NVIDIA's Triton containers
 
 
@@ -48,17 +48,16 @@ def check_can_build(cfg: BuildConfig) -> None:
 
 
 def _images(size: int) -> np.ndarray:
-    generated = parity_images(size)["generated"]
-    return np.ascontiguousarray(np.concatenate([generated[:1], generated[-1:]]))[:PARITY_COUNT]
+    return parity_images(size)["generated"][list(PARITY_PICK)]
 
 
 def prepare_model(
     name: str, onnx_path: Path, version: Path, io: dict, repo: Path, report: dict
 ) -> dict:
     """The FP16 graph, its checks and the reference outputs; returns its recipe entry."""
-    require_tensorrt_ready(onnx_path)
-    fp16 = version / "model.fp16.onnx"
     entry = report["models"][name]
+    require_tensorrt_ready(onnx_path, entry["tensorrt_problems"])
+    fp16 = version / "model.fp16.onnx"
     entry["precision"] = convert_fp16(onnx_path, fp16)
     require_tensorrt_ready(fp16)
     image = io["inputs"][0]
@@ -67,7 +66,8 @@ def prepare_model(
     names = [o["name"] for o in io["outputs"]]
     feeds = {image["name"]: images}
     reference = onnxruntime_session(onnx_path).run(names, feeds)
-    emulated = _run_model(fp16_emulation(onnx_path), names, feeds)
+    emulation = fp16_emulation(onnx_path).SerializeToString()
+    emulated = onnxruntime_session(emulation).run(names, feeds)
     entry["fp16_emulated_vs_fp32"] = output_errors(reference, emulated, names)
     outputs = []
     for out_name, values in zip(names, reference, strict=True):
@@ -85,13 +85,6 @@ def prepare_model(
     }
 
 
-def _run_model(model, names: list[str], feeds: dict) -> list:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(names, feeds)
-
-
 def write_recipe(repo: Path, entries: list[dict], cfg: BuildConfig, size: list[int]) -> dict:
     """plans.json and build_plans.py at the repository's root (Triton ignores root files)."""
     shapes = [[b, *size, 3] for b in (cfg.min_batch_size, cfg.opt_batch_size, cfg.max_batch_size)]
@@ -103,7 +96,7 @@ def write_recipe(repo: Path, entries: list[dict], cfg: BuildConfig, size: list[i
         "hardware": cfg.hardware_compatibility,
         "workspace_mib": cfg.workspace_mib,
         "tolerance": cfg.fp16_tolerance,
-        "parity": {"file": plans.PARITY_IMAGES, "shape": [PARITY_COUNT, *size, 3]},
+        "parity": {"file": plans.PARITY_IMAGES, "shape": [len(PARITY_PICK), *size, 3]},
         "models": [{**e, "shapes": shapes} for e in entries],
     }
     (repo / plans.RECIPE).write_text(json.dumps(recipe, indent=1))
