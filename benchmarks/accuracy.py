@@ -3,21 +3,26 @@
 Every configuration trains on the same generated multi-class data with the same budget, over
 several seeds. Writes `benchmarks/results/accuracy-<tag>.{json,md}`: per category and mean image
 AUROC, pixel AUROC and PRO (mean over seeds with the seed spread), and differences to STFPM.
+With `--fp16` (the default) each run's fused graph is also converted to FP16 as `--target trt`
+builds it and compared with FP32 on the same test images (fp16_accuracy.py): map error and
+image AUROC change, flagged at 0.1 point.
 Offline the teacher is one of the shipped license-clean ones (`formula` by default, `fractal`)
 or random (`--teachers formula,random` compares them); all understate what an ImageNet teacher
 gives (see benchmarks/README.md).
 
-Run: `.venv/bin/python benchmarks/accuracy.py` (about 25 minutes on 2 CPU cores).
+Run: `.venv/bin/python benchmarks/accuracy.py` (about 25 minutes on 2 CPU cores, plus the FP16
+check's export, conversion and three graph runs per run; `--no-fp16` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
+import common
+import fp16_accuracy
 import numpy as np
 import torch
 
@@ -42,6 +47,8 @@ CONFIGS = {
     },
 }
 METRICS = ("image_auroc", "pixel_auroc", "pro")
+# Configurations dcam-build refuses, so without an FP16 graph to check.
+UNBUILDABLE = {"dcam-inline": "its student keeps the DCAM blocks, which dcam-build refuses"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,6 +72,12 @@ def parse_args() -> argparse.Namespace:
         help="take finished runs of the same configuration from --work instead of retraining",
     )
     p.add_argument("--tag", default=time.strftime("%Y%m%d"))
+    p.add_argument(
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also compare each run's FP16 fused graph with FP32 on the test images",
+    )
     return p.parse_args()
 
 
@@ -148,6 +161,8 @@ def markdown(table: dict, meta: dict) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.fp16:
+        fp16_accuracy.prepare_autocast()  # before minutes of training, not after
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work)
     data = work / "data"
@@ -162,10 +177,15 @@ def main() -> None:
         )
     start = time.perf_counter()
     results: dict = {}
+    fp16: dict = {"runs": {}, "skipped": {}}
     teachers = args.teachers.split(",")
     for teacher, name in [(t, n) for t in teachers for n in args.configs.split(",")]:
         key = name if len(teachers) == 1 else f"{name}/{teacher}"
         results[key] = []
+        if args.fp16 and name in UNBUILDABLE:
+            fp16["skipped"][key] = UNBUILDABLE[name]
+        elif args.fp16:
+            fp16["runs"][key] = []
         for seed in seeds:
             cfg = TrainConfig(
                 data=(str(data),),
@@ -187,6 +207,8 @@ def main() -> None:
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
+            if key in fp16["runs"]:
+                fp16["runs"][key].append(check_fp16(Path(cfg.out), key, seed))
     meta = {
         "teacher": args.teacher_weights or args.teachers,
         "seeds": seeds,
@@ -195,22 +217,47 @@ def main() -> None:
         "data_seed": args.data_seed,
         "minutes": (time.perf_counter() - start) / 60,
         "inline_latency_ratio": inline_latency_ratio(args.image_size),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], text=True, capture_output=True
-        ).stdout.strip(),
+        "commit": common.git_commit(),
+        "fp16": args.fp16,
     }
-    table = summarise(results)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"accuracy-{args.tag}.json").write_text(
-        json.dumps({"meta": meta, "table": table, "runs": results}, indent=2)
+    if args.fp16:
+        fp16["table"] = fp16_accuracy.summarise(fp16["runs"])
+    payload = {
+        "meta": meta,
+        "stamp": common.stamp(),
+        "table": summarise(results),
+        "runs": results,
+        "fp16": fp16 if args.fp16 else None,
+    }
+    common.publish(f"accuracy-{args.tag}", payload, report)
+
+
+def check_fp16(run: Path, key: str, seed: int) -> dict:
+    """fp16_accuracy.fp16_check on one run, timed and printed."""
+    t0 = time.perf_counter()
+    check = fp16_accuracy.fp16_check(run)
+    check["seconds"] = time.perf_counter() - t0
+    print(
+        f"{key} seed {seed} FP16: map max abs {check['map_error']['fp16_emulated']['max_abs']:.1e} "
+        f"(emulated), image AUROC change {check['change_points']['fp16_emulated']:+.2f} points "
+        f"emulated, {check['change_points']['fp16_graph']:+.2f} FP16 graph "
+        f"({check['seconds']:.0f} s)",
+        flush=True,
     )
-    text = markdown(table, meta) + (
+    return check
+
+
+def report(payload: dict) -> str:
+    """The Markdown report: the metric tables, the inline control and the FP16 section."""
+    meta = payload["meta"]
+    text = markdown(payload["table"], meta) + (
         f"\nInline control: student inference "
         f"{meta['inline_latency_ratio']:.2f}x the plain student.\n"
     )
-    (out / f"accuracy-{args.tag}.md").write_text(text)
-    print(text)
+    fp16 = payload.get("fp16")
+    if fp16:
+        text += fp16_accuracy.markdown(fp16["table"], fp16["skipped"])
+    return text
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from dcam.build import images, tensorrt_target, trt
 from dcam.build import repository as repo_mod
 from dcam.build.config import BuildConfig
-from dcam.build.export import FusedNet, export_onnx, load_feature_net
+from dcam.build.export import export_onnx, fused_net, load_feature_net
 from dcam.build.parity import check_onnx
 from dcam.build.readiness import tensorrt_problems
 from dcam.build.releases import release
@@ -138,11 +138,7 @@ def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report, plans) ->
 
 
 def _write_fused(manifest, run_dir, cfg, target, work, tmp, report, plans) -> None:
-    net = FusedNet(
-        load_feature_net(run_dir, manifest, "teacher"),
-        load_feature_net(run_dir, manifest, "student"),
-        manifest.scoring,
-    ).eval()
+    net = fused_net(run_dir, manifest)
     outputs = [ANOMALY_MAP, RAW_SCORE]
     onnx_path = _export_checked(net, FUSED_MODEL, outputs, work, manifest, cfg, report)
     io = report["models"][FUSED_MODEL]["io"]

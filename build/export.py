@@ -50,6 +50,15 @@ class FusedNet(nn.Module):
         return scored.maps, scored.raw[:, None]
 
 
+def fused_net(run_dir: Path, manifest: Manifest) -> FusedNet:
+    """The run's teacher, student and scoring rule as the one graph of the fused layout."""
+    return FusedNet(
+        load_feature_net(run_dir, manifest, "teacher"),
+        load_feature_net(run_dir, manifest, "student"),
+        manifest.scoring,
+    ).eval()
+
+
 def _load_weights(path: Path) -> dict:
     state = read_state_dict(path)
     if any(k.startswith("dcam.") for k in state):

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dcam.core.anomaly_map import COMBINE_MODES
 from dcam.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dcam.datasets.layout import Splits
 
 # The choices, here and not beside the torch modules, so the CLI reads them without torch.
 BACKBONES = ("resnet18", "wide_resnet50_2")
@@ -81,6 +86,19 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be at least 1")
+
+    def splits(self) -> Splits:
+        """The run's train / validation / test split of its data (deterministic by seed):
+        training and anything that re-scores a run's test images call this one rule."""
+        from dcam.datasets.layout import discover
+
+        return discover(
+            [Path(d) for d in self.data],
+            self.categories,
+            self.val_fraction,
+            self.seed,
+            self.min_val_per_category,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -22,7 +22,7 @@ from dcam.core.errors import ConfigError, DcamError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
 from dcam.core.scoring import Calibration, ScoringSpec
 from dcam.datasets.anomalies import cut_paste
-from dcam.datasets.layout import Splits, discover, load_images, load_masks
+from dcam.datasets.layout import Splits, load_images, load_masks
 from dcam.teacher.shipped import SHIPPED_TEACHERS, shipped_weights_path
 from dcam.training.calibration import calibrate, detection_estimate, threshold_note
 from dcam.training.config import TrainConfig
@@ -172,13 +172,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
         cfg.backbone, cfg.teacher, Path(cfg.teacher_weights) if cfg.teacher_weights else None
     ).to(device)
     prepare_output(out, resume, force)
-    splits = discover(
-        [Path(d) for d in cfg.data],
-        cfg.categories,
-        cfg.val_fraction,
-        cfg.seed,
-        cfg.min_val_per_category,
-    )
+    splits = cfg.splits()
     train_images = load_images(splits.train, cfg.image_size, "loading train")
     val_images = load_images(splits.val, cfg.image_size, "loading held-out")
     if cfg.adapt_teacher_bn:  # deterministic, so a resumed run re-adapts to the same statistics
