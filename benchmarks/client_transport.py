@@ -1,12 +1,19 @@
 """Ratio 2 with and without shared memory: dcam-client end to end over the in-process pipeline
-including decoding, each measured side by side in one run.
+including decoding, each measured side by side in one run, with the CPU each process spends.
 
-Three ways to score the same PNG files of the production line, interleaved round by round so a
-noisy neighbour hits all of them alike:
+Three ways to score the same PNG files of the production line, in interleaved rounds
+(rounds.py: rotated order, median of per-round ratios, min-max, a `consistent` flag):
 - in-process: decode, then the same ONNX graphs and maths in this process (no server);
 - client, wire: dcam-client's library path against the embedded server, images in the request;
-- client, shm: the same with `--shared-memory system` (images through /dev/shm).
-Writes benchmarks/results/client-transport-<tag>.{json,md}.
+- client, shm: the same with `--shared-memory system` (images through /dev/shm);
+- client, wire, queue policy: the wire path against a second server of the same model built
+  with `--queue-timeout-ms 3000` (what NVIDIA's containers get by default). A config.pbtxt with
+  any `default_queue_policy` makes Triton 2.51's dynamic batcher leave a request queued ~0.5 s
+  (its idle wait) in about half of the pairs that arrive while the instance is busy (see
+  README), which is why the embedded server's default build has none; this shows the cost.
+Beside each, the CPU seconds per image of this process, tritonserver and each Python-backend
+stub, from their own counters (cpu_accounting.py). Writes
+benchmarks/results/client-transport-<tag>.{json,md}.
 
 Run: `.venv/bin/python benchmarks/client_transport.py` (about 5 minutes on 2 CPU cores).
 """
@@ -20,95 +27,120 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 import common
-from throughput import InProcess, build
+import cpu_accounting
+import perf
+import rounds
+from pipelines import BATCH, ClientPath, InProcess, InProcessPath, OnRunner, build
 
 from dcam.build.config import BuildConfig
-from dcam.client.results import ResultWriter
-from dcam.client.score import ScoreConfig, Scorer
-from dcam.core.images import load_image
+from dcam.core.names import ENTRY_MODELS
 from dcam.serve.server import ServerConfig, TritonServer
 
 TARGET = 0.95  # issue 12: client end to end over in-process with decoding
-
-
-def in_process_rate(proc: InProcess, paths: list[Path], size: int, batch: int) -> float:
-    start = time.perf_counter()
-    for i in range(0, len(paths), batch):
-        proc(np.stack([load_image(p, size) for p in paths[i : i + batch]]))
-    return len(paths) / (time.perf_counter() - start)
+RATIOS = {  # name -> (numerator, denominator)
+    "ratio2_wire": ("client_wire", "in_process"),
+    "ratio2_shm": ("client_shm", "in_process"),
+    "shm_over_wire": ("client_shm", "client_wire"),
+    "ratio2_wire_queue_policy": ("client_wire_queue_policy", "in_process"),
+    "default_over_queue_policy": ("client_wire", "client_wire_queue_policy"),
+}
 
 
 async def client_rate(url: str, paths: list[Path], out: Path, batch: int, shm: str) -> float:
-    """dcam-client's library path: decode, send, results written and flushed."""
-    scorer = Scorer(ScoreConfig(urls=(url,), batch_size=batch, concurrency=4, shared_memory=shm))
+    """One timed pass of dcam-client's library path (set-up not timed); images/s."""
+    client = ClientPath(url, paths, out, shm, batch)
     try:
-        await scorer.start()
-        if shm == "system":
-            assert scorer.pool.notes == [f"{url}: images through shared memory"], scorer.pool.notes
+        await client.start()
         start = time.perf_counter()
-        with ResultWriter(out) as writer:
-            async for result in scorer.stream(paths):
-                assert result.ok, result.error
-                writer.write(result)
-        return len(paths) / (time.perf_counter() - start)
+        return await client.score() / (time.perf_counter() - start)
     finally:
-        await scorer.close()
+        await client.close()
 
 
-def measure(repo: Path, paths: list[Path], work: Path, size: int, rounds: int) -> dict:
+def measure(
+    repos: dict[str, Path], paths: list[Path], work: Path, size: int, n_rounds: int
+) -> dict:
+    """The paths in interleaved rounds, each server up throughout; rounds.interleave's result.
+
+    Args:
+        repos: "default" (as dcam-build writes it: no queue policy on the embedded server) and
+            "queue_policy" (the same built with `--queue-timeout-ms 3000`).
+    """
     threads = BuildConfig(run_dir="", out="").session_threads(2)
-    proc = InProcess(repo, threads)
-    rates: dict[str, list[float]] = {"in_process": [], "client_wire": [], "client_shm": []}
-    with TritonServer(ServerConfig(repo, ready_timeout_s=180)) as server:
-        for mode in ("none", "system"):  # warm-up: first requests load the sessions
-            asyncio.run(client_rate(server.grpc_url, paths[:16], work / "w.jsonl", 8, mode))
-        in_process_rate(proc, paths[:16], size, 8)
-        for r in range(rounds):
-            rates["in_process"].append(in_process_rate(proc, paths, size, 8))
-            for mode, key in (("none", "client_wire"), ("system", "client_shm")):
-                out = work / f"{key}-{r}.jsonl"
-                rates[key].append(asyncio.run(client_rate(server.grpc_url, paths, out, 8, mode)))
-            print(
-                f"round {r + 1}/{rounds}: "
-                + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
+    proc = InProcess(repos["default"], threads)
+    with (
+        TritonServer(ServerConfig(repos["default"], ready_timeout_s=180)) as server,
+        TritonServer(ServerConfig(repos["queue_policy"], ready_timeout_s=180)) as policed,
+        asyncio.Runner() as runner,
+    ):
+        clients = {
+            name: OnRunner(runner, ClientPath(url, paths, work / f"{name}.jsonl", mode, BATCH))
+            for name, url, mode in (
+                ("client_wire", server.grpc_url, "none"),
+                ("client_shm", server.grpc_url, "system"),
+                ("client_wire_queue_policy", policed.grpc_url, "none"),
             )
-    return rates
+        }
+        configs = {"in_process": InProcessPath(proc, paths=paths, size=size), **clients}
+        pids = {"server": server.process.pid, "policy server": policed.process.pid}
+        urls = {"server": server.http_url, "policy server": policed.http_url}
+        probes = {
+            "cpu_s": cpu_accounting.CpuCounters(pids),
+            "triton": lambda: perf.stats_counters(urls),
+        }
+        try:
+            return rounds.interleave(configs, n_rounds, probes)
+        finally:
+            for client in clients.values():
+                client.close()
 
 
-def summarise(rates: dict[str, list[float]]) -> dict:
-    median = {k: statistics.median(v) for k, v in rates.items()}
+def summarise(result: dict) -> dict:
+    rates = result["images_per_s"]
+    cpu, triton = result["deltas"]["cpu_s"], result["deltas"]["triton"]
     return {
-        "images_per_s": median,
-        "rounds": rates,
-        "ratio2_wire": median["client_wire"] / median["in_process"],
-        "ratio2_shm": median["client_shm"] / median["in_process"],
-        "shm_over_wire": median["client_shm"] / median["client_wire"],
+        "images_per_s": {k: statistics.median(v) for k, v in rates.items()},
+        "ratios": {name: rounds.ratio(rates, a, b) for name, (a, b) in RATIOS.items()},
+        "cpu_s_per_image": {
+            name: cpu_accounting.per_image(cpu[name], result["images"][name]) for name in rates
+        },
+        "queue_ms_per_request": {
+            name: perf.queue_ms_per_request(triton[name]) for name in rates if name != "in_process"
+        },
         "target": f">= {TARGET}",
     }
 
 
+def queue_rows(queue: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown: each image-taking model's mean queue time per request under each client."""
+    configs = list(queue)
+    models = sorted({m for q in queue.values() for m in q if m.endswith(ENTRY_MODELS)})
+    rows = ["| queue ms per request | " + " | ".join(configs) + " |"]
+    rows.append("|---" * (len(configs) + 1) + "|")
+    for model in models:
+        cells = " | ".join(f"{queue[c][model]:.0f}" if model in queue[c] else "-" for c in configs)
+        rows.append(f"| {model} | {cells} |")
+    return rows
+
+
 def report(payload: dict) -> str:
     s, m = payload["summary"], payload["summary"]["images_per_s"]
-    wire, shm = f"{s['ratio2_wire']:.3f}", f"{s['ratio2_shm']:.3f}"
+    targets = {"ratio2_wire": s["target"], "ratio2_shm": s["target"]}
     return "\n".join(
         [
             f"# Ratio 2 with and without shared memory ({payload['tag']})",
             "",
             f"{payload['images']} PNG files at {payload['size']} px, batch 8, 4 requests in "
-            f"flight, median of {payload['rounds']} interleaved rounds; commit "
+            f"flight, {payload['rounds']} interleaved rounds; commit "
             f"{payload['stamp']['commit']}, {payload['stamp']['machine']['cores']} cores.",
             "",
-            "| path | images/s | ratio 2 (over in-process with decoding) |",
-            "|---|---|---|",
-            f"| in-process with decoding | {m['in_process']:.1f} | 1 |",
-            f"| dcam-client, images on the wire | {m['client_wire']:.1f} | {wire} |",
-            f"| dcam-client, shared memory | {m['client_shm']:.1f} | {shm} |",
+            *rounds.ratio_rows(s["ratios"], targets),
             "",
-            f"Shared memory over wire: {s['shm_over_wire']:.3f}. Target ratio 2 {s['target']}.",
+            *cpu_accounting.cpu_rows(s["cpu_s_per_image"], m),
+            "",
+            *queue_rows(s["queue_ms_per_request"]),
             "",
         ]
     )
@@ -119,9 +151,13 @@ def main() -> None:
     common.add_client_load_arguments(p, rounds=5)
     args = p.parse_args()
     work = common.work_folder(args, "dcam-bench-")
-    repo = build(common.benchmark_run(work, args.size), work, args.layout)
+    run = common.benchmark_run(work, args.size)
+    repos = {
+        "default": build(run, work, args.layout),
+        "queue_policy": build(run, work, args.layout, "-queue-policy", queue_timeout_ms=3000),
+    }
     paths = common.production_files(work / "line", args.images, args.size)
-    rates = measure(repo, paths, work, args.size, args.rounds)
+    result = measure(repos, paths, work, args.size, args.rounds)
     payload = {
         "tag": args.tag,
         "size": args.size,
@@ -129,7 +165,8 @@ def main() -> None:
         "rounds": args.rounds,
         "layout": args.layout,
         "stamp": common.stamp(),
-        "summary": summarise(rates),
+        "summary": summarise(result),
+        "interleaved": result,
     }
     common.publish(f"client-transport-{args.tag}", payload, report)
 

@@ -1,9 +1,10 @@
 """perf_analyzer throughput runs against the served model repository, the way Triton users do.
 
-Starts the embedded tritonserver on a repository, runs perf_analyzer over gRPC against the
+Against a running embedded tritonserver, runs perf_analyzer over gRPC against the
 ensemble and each composing model alone (real generated images, not zeros), across batch sizes
 and concurrencies, and collects perf_analyzer's CSVs, one summary CSV and Triton's per-model
-statistics (for the post-processing share of request time).
+statistics. These are curves (throughput against latency), not evidence for ratios: one
+sweep runs after another, and the machine drifts between them (throughput.py's rounds).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import base64
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from dcam.serve.server import ServerConfig, TritonServer
+from dcam.serve.server import TritonServer
 
 
 def perf_analyzer_env() -> dict[str, str]:
@@ -124,6 +126,31 @@ def model_stats(url: str) -> dict[str, dict]:
     return out
 
 
+def stats_counters(urls: dict[str, str]) -> dict[str, float]:
+    """`model_stats` of each server (label -> HTTP url) flattened to "<label>/<model>/<counter>":
+    cumulative counters, a probe for `rounds.interleave`."""
+    return {
+        f"{label}/{model}/{key}": value
+        for label, url in urls.items()
+        for model, stats in model_stats(url).items()
+        for key, value in stats.items()
+    }
+
+
+def queue_ms_per_request(deltas: list[dict[str, float]]) -> dict[str, float]:
+    """From per-round differences of `stats_counters`: the median over rounds of each model's
+    mean queue time per request in ms, for the models ("<label>/<model>") that had requests."""
+    out = {}
+    for key in deltas[0] if deltas else {}:
+        if key.endswith("/queue_ns"):
+            model = key.removesuffix("/queue_ns")
+            count = f"{model}/requests"
+            rounds = [d[key] / d[count] / 1e6 for d in deltas if d.get(count)]
+            if rounds:
+                out[model] = statistics.median(rounds)
+    return out
+
+
 def stats_delta(before: dict, after: dict) -> dict:
     return {
         name: {k: after[name][k] - before.get(name, {}).get(k, 0) for k in after[name]}
@@ -132,50 +159,57 @@ def stats_delta(before: dict, after: dict) -> dict:
 
 
 def sweep(
-    repo: Path, plan: list[dict], inputs: dict[str, Path], out: Path, shared_memory: str = "none"
+    server: TritonServer,
+    layout: str,
+    plan: list[dict],
+    inputs: dict[str, Path],
+    out: Path,
+    shared_memory: str = "none",
+    interval_ms: int = 6000,
 ) -> dict:
-    """Serve `repo` and run every entry of `plan` ({model, batch, concurrency}); per entry the
-    perf_analyzer rows and the Triton statistics accumulated during it."""
+    """Run every entry of `plan` ({model, batch, concurrency}) against the running `server` of
+    repository `layout`; per entry the perf_analyzer rows and the Triton statistics accumulated
+    during it."""
     results = []
-    with TritonServer(ServerConfig(repo, ready_timeout_s=180)) as server:
-        for entry in plan:
-            name = f"{repo.name}-{entry['model']}-b{entry['batch']}-shm{shared_memory}"
-            before = model_stats(server.http_url)
-            try:
-                rows = run_perf(
-                    entry["model"],
-                    server.grpc_url,
-                    entry["batch"],
-                    entry["concurrency"],
-                    inputs[entry["model"]],
-                    out / f"{name}.csv",
-                    shared_memory,
-                )
-            except RuntimeError as exc:  # one unstable configuration must not lose the rest
-                print(f"{name}: {str(exc).splitlines()[-1]}", flush=True)
-                results.append(
-                    {
-                        **entry,
-                        "layout": repo.name,
-                        "error": str(exc)[-2000:],
-                        "shared_memory": shared_memory,
-                        "rows": [],
-                        "stats": {},
-                    }
-                )
-                continue
-            stats = stats_delta(before, model_stats(server.http_url))
+    for entry in plan:
+        name = f"{layout}-{entry['model']}-b{entry['batch']}-shm{shared_memory}"
+        before = model_stats(server.http_url)
+        try:
+            rows = run_perf(
+                entry["model"],
+                server.grpc_url,
+                entry["batch"],
+                entry["concurrency"],
+                inputs[entry["model"]],
+                out / f"{name}.csv",
+                shared_memory,
+                interval_ms,
+            )
+        except RuntimeError as exc:  # one unstable configuration must not lose the rest
+            print(f"{name}: {str(exc).splitlines()[-1]}", flush=True)
             results.append(
                 {
                     **entry,
-                    "layout": repo.name,
+                    "layout": layout,
+                    "error": str(exc)[-2000:],
                     "shared_memory": shared_memory,
-                    "rows": rows,
-                    "stats": stats,
+                    "rows": [],
+                    "stats": {},
                 }
             )
-            best = max(float(r["Inferences/Second"]) for r in rows)
-            print(f"{name}: best {best:.1f} inferences/s", flush=True)
+            continue
+        stats = stats_delta(before, model_stats(server.http_url))
+        results.append(
+            {
+                **entry,
+                "layout": layout,
+                "shared_memory": shared_memory,
+                "rows": rows,
+                "stats": stats,
+            }
+        )
+        best = max(float(r["Inferences/Second"]) for r in rows)
+        print(f"{name}: best {best:.1f} inferences/s", flush=True)
     return {"runs": results}
 
 

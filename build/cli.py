@@ -108,7 +108,9 @@ def build_group() -> None:
     "--queue-timeout-ms",
     type=int,
     default=_d("queue_timeout_ms"),
-    help="Reject a request that waited this long in an image-taking model's queue (0: never).",
+    help="Reject a request that waited this long in an image-taking model's queue (0: never; "
+    "default: 3000 for trt and onnx, never on the embedded server, whose batcher stalls with "
+    "a queue policy).",
 )
 @click.option(
     "--max-queue-size",

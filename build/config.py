@@ -27,6 +27,9 @@ HARDWARE_COMPATIBILITY = tuple(HARDWARE_LEVELS)
 # full batches of one-image requests wait at most; past that the client's back-off is better
 # than a longer queue.
 QUEUE_BATCHES = 4
+# 4x the p99 latency of the default client load (batch 8, 4 in flight: 691 ms at 256 px on 2
+# CPU cores, benchmarks/README.md), so only a server far behind rejects.
+QUEUE_TIMEOUT_MS = 3000
 
 
 def networks_on_gpu(target: str, onnx_accelerator: str) -> bool:
@@ -55,10 +58,11 @@ class BuildConfig:
     min_batch_size: int = 1
     queue_delay_us: int = 2000  # bounded wait for dynamic batching to fill a batch
     # Longest a request waits in an image-taking model's queue before Triton rejects it (gRPC
-    # UNAVAILABLE, which the client retries with back-off); 0: unbounded. 4x the p99 latency of
-    # the default client load (batch 8, 4 in flight: 691 ms at 256 px on 2 CPU cores,
-    # benchmarks/README.md), so only a server far behind rejects. Requests may override it.
-    queue_timeout_ms: int = 3000
+    # UNAVAILABLE, which the client retries with back-off); 0: unbounded; None: QUEUE_TIMEOUT_MS
+    # in NVIDIA's containers (trt, onnx), none on the embedded 2.51 (cpu), whose batcher with any
+    # queue policy left requests waiting 0.5 s while cores idled: 18% of the client's throughput
+    # (benchmarks/README.md, "Client transport").
+    queue_timeout_ms: int | None = None
     # Requests a queue holds before rejecting new ones; 0: unbounded; None: bounded for
     # NVIDIA's containers from the release that fixed core#466 (QUEUE_BATCHES full batches per
     # instance), unbounded for the embedded tritonserver 2.51, which crashes when an ensemble
@@ -102,7 +106,7 @@ class BuildConfig:
             )
         if self.instances < 1 or min(self.queue_delay_us, self.threads) < 0:
             raise ConfigError("instances must be >= 1, queue_delay_us and threads >= 0")
-        if min(self.queue_timeout_ms, self.max_queue_size or 0) < 0:
+        if min(self.queue_timeout_ms or 0, self.max_queue_size or 0) < 0:
             raise ConfigError("queue_timeout_ms and max_queue_size must be >= 0 (0: unbounded)")
         release(self.triton_release)  # an unknown release is refused before any work
 
@@ -128,6 +132,12 @@ class BuildConfig:
         if self.layout != "auto":
             return self.layout
         return "fused" if self.on_gpu(target) else "ensemble"
+
+    def queue_timeout(self, target: str) -> int:
+        """Milliseconds a request may wait where it enters (0: no timeout)."""
+        if self.queue_timeout_ms is not None:
+            return self.queue_timeout_ms
+        return QUEUE_TIMEOUT_MS if target in ("trt", "onnx") else 0
 
     def queue_size(self, target: str) -> int:
         """Requests an image-taking model queues before rejecting (0: no bound)."""

@@ -109,7 +109,7 @@ def model_config(
         config.parameters[key].string_value = value
     _warmup(config, io["inputs"], cfg)
     if io["inputs"][0]["dtype"] == "uint8":
-        _queue_policy(config, cfg.queue_timeout_ms, cfg.queue_size(target))
+        _queue_policy(config, cfg.queue_timeout(target), cfg.queue_size(target))
     return config
 
 

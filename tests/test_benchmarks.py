@@ -81,3 +81,153 @@ def test_accuracy_reuses_only_a_finished_run_of_the_same_configuration(tmp_path:
     assert accuracy.finished_run(cfg) == {"metrics": {"mean": {}}}
     other = TrainConfig(data=cfg.data, out=cfg.out, seed=1, epochs=cfg.epochs + 1)
     assert accuracy.finished_run(other) is None
+
+
+def test_rounds_rotate_the_order_and_keep_each_rounds_counters() -> None:
+    import rounds
+
+    assert [rounds.rotated(["a", "b", "c"], r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"],
+    ]  # fmt: skip
+    calls: list[str] = []
+    clock = {"t": 0.0}
+
+    def config(name: str, images: int):
+        def run() -> int:
+            calls.append(name)
+            clock["t"] += images  # the probe's counter: one per image scored
+            return images
+
+        return run
+
+    result = rounds.interleave(
+        {"a": config("a", 4), "b": config("b", 8)},
+        3,
+        probes={"counter": lambda: {"n": clock["t"]}},
+        log=lambda line: None,
+    )
+    assert calls[:2] == ["a", "b"]  # the untimed warm-up
+    assert calls[2:] == ["a", "b", "b", "a", "a", "b"]
+    assert result["order"] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    assert result["images"] == {"a": [4, 4, 4], "b": [8, 8, 8]}
+    assert result["deltas"]["counter"]["b"] == [{"n": 8.0}] * 3  # only its own call counted
+    assert all(rate > 0 for rates in result["images_per_s"].values() for rate in rates)
+
+
+def test_ratio_statistics_flag_rounds_that_disagree() -> None:
+    import rounds
+
+    steady = rounds.ratio({"x": [10.0, 20.0, 30.0], "y": [20.0, 40.0, 60.0]}, "x", "y")
+    assert steady["median"] == pytest.approx(0.5)
+    assert (steady["min"], steady["max"], steady["iqr_over_median"]) == (0.5, 0.5, 0.0)
+    assert steady["consistent"] and steady["x"] == 20.0 and steady["of"] == "x / y"
+
+    tight = rounds.spread([0.80, 0.82, 0.81, 0.83, 0.79])
+    assert tight["median"] == pytest.approx(0.81) and tight["consistent"]
+    assert (tight["min"], tight["max"]) == (0.79, 0.83)
+    # The rounds disagree which side is faster: not evidence, however tight.
+    straddling = rounds.spread([0.98, 0.99, 1.0, 1.01, 1.02])
+    assert straddling["straddles_1"] and not straddling["consistent"]
+    # All below 1, but the quartiles lie 0.7 and 0.95 apart around 0.9: IQR/median 28% > 10%.
+    wide = rounds.spread([0.5, 0.7, 0.9, 0.95, 0.99])
+    assert not wide["straddles_1"] and wide["iqr_over_median"] > rounds.MAX_IQR
+    assert not wide["consistent"]
+    share = rounds.spread([0.05, 0.06, 0.055], reference=None)  # a share: no side of 1
+    assert share["consistent"] and not share["straddles_1"]
+    table = rounds.ratio_rows({"r": straddling | {"of": "p / q"}}, {"r": ">= 0.97"})
+    row = "| r (p / q) | 1.000 | 0.980 - 1.020 | 2.0% | **no** (straddles 1) | >= 0.97 |"
+    assert table[-1] == row
+
+
+def test_cpu_accounting_reads_busy_child_processes_from_proc() -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import cpu_accounting
+
+    # Two children that spin until killed, under a shell that only waits (as tritonserver
+    # stands over its stubs).
+    child = f'{sys.executable} -c "while True: pass"'
+    parent = subprocess.Popen(["sh", "-c", f"{child} & {child} & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(cpu_accounting.descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        counters = cpu_accounting.CpuCounters({"fake": parent.pid})
+        names = set(counters.pids)
+        assert {cpu_accounting.SELF, "fake tritonserver"} <= names and len(names) == 4
+        children = [n for n in names if n.startswith("fake stub")]
+        before = counters()
+        spent, deadline = 0.0, time.monotonic() + 10
+        while spent < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = counters()
+            spent = sum(after[n] - before[n] for n in children)
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert spent > 0.1, after  # busy loops accrue their own CPU time in /proc/<pid>/stat
+    assert after["fake tritonserver"] - before["fake tritonserver"] < 0.1  # sh only waits
+    assert cpu_accounting.cpu_seconds(parent.pid) is None  # reaped: gone from /proc
+    assert cpu_accounting.per_image([{"a": 1.0, "b": 0.5}, {"a": 3.0, "b": 0.5}], [10, 10]) == {
+        "a": pytest.approx(0.2), "b": pytest.approx(0.05), "total": pytest.approx(0.25),
+    }  # fmt: skip
+
+
+@pytest.mark.triton
+def test_throughput_gives_every_ratio_from_interleaved_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import common
+    import throughput
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    args = ["--work", str(tmp_path / "work"), "--size", "64", "--images", "32", "--rounds", "2"]
+    payload = throughput.main([*args, "--batches", "none", "--tag", "t"])
+    names = [*throughput.RATIOS, throughput.SHARE]
+    assert sorted(payload["ratios"]) == sorted(names)
+    for r in payload["ratios"].values():
+        assert len(r["rounds"]) == 2 and r["min"] <= r["median"] <= r["max"]
+        assert isinstance(r["consistent"], bool)
+    order = payload["interleaved"]["order"]
+    assert order[1] == order[0][1:] + order[0][:1] and len(order[0]) == 6
+    cpu = payload["cpu_s_per_image"]
+    assert cpu["in_process"]["bench process"] > 0
+    stubs = [k for k in cpu["ensemble"] if k.startswith("ensemble stub")]
+    assert {s.rsplit(" ", 1)[1] for s in stubs} == {"teacher", "student", "postprocess"}
+    assert sum(cpu["ensemble"][s] for s in stubs) > 0
+    assert "| CPU ms per image |" in (tmp_path / "throughput-t.md").read_text()
+
+
+@pytest.mark.triton
+def test_client_transport_measures_the_client_with_and_without_a_queue_policy(
+    tiny_run: Path, ensemble_repo: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    import client_transport
+    import common
+    import pipelines
+
+    policed = pipelines.build(tiny_run, tmp_path, "ensemble", "-policy", queue_timeout_ms=3000)
+    assert "default_queue_policy" not in (ensemble_repo / "teacher" / "config.pbtxt").read_text()
+    assert "default_queue_policy" in (policed / "teacher" / "config.pbtxt").read_text()
+    plain = ensemble_repo
+    paths = common.production_files(tmp_path / "line", 16, 64)
+    repos = {"default": ensemble_repo, "queue_policy": policed}
+    result = client_transport.measure(repos, paths, tmp_path, 64, 2)
+    summary = client_transport.summarise(result)
+    assert sorted(summary["ratios"]) == sorted(client_transport.RATIOS)
+    assert all(len(rates) == 2 for rates in result["images_per_s"].values())
+    cpu = summary["cpu_s_per_image"]
+    assert cpu["client_wire"]["bench process"] > 0 and "server stub teacher" in cpu["client_wire"]
+    payload = {"tag": "t", "images": 16, "size": 64, "rounds": 2, "summary": summary}
+    payload["stamp"] = {"commit": "abc", "machine": {"cores": 2}}
+    assert "| ratio2_wire (client_wire / in_process) |" in client_transport.report(payload)
+    with TritonServer(ServerConfig(plain)) as server:  # line_metrics_cost.py's one pass
+        rate = asyncio.run(
+            client_transport.client_rate(server.grpc_url, paths, tmp_path / "r.jsonl", 8, "none")
+        )
+    assert rate > 0

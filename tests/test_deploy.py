@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from dcam.build.config import BuildConfig
+from dcam.build.config import QUEUE_TIMEOUT_MS
 from dcam.build.plans import SCRIPT
 from dcam.build.releases import DEFAULT_RELEASE, release
 from dcam.core.names import ENTRY_MODELS
@@ -145,7 +145,7 @@ def test_autoscalers_target_the_deployment_on_triton_queue_time() -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     (metric,) = hpa["spec"]["metrics"]
     target_us = int(metric["pods"]["target"]["averageValue"])
-    assert target_us < BuildConfig.queue_timeout_ms * 1000  # scale out before rejecting
+    assert target_us < QUEUE_TIMEOUT_MS * 1000  # scale out before rejecting
     rules = yaml.safe_load(by_kind(render("autoscaling"))["ConfigMap"]["data"]["config.yaml"])
     assert rules["rules"][0]["name"]["as"] == metric["pods"]["metric"]["name"]
     keda = yaml.safe_load((DEPLOY / "autoscaling" / "keda-scaledobject.yaml").read_text())

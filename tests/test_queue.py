@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from dcam.build.config import BuildConfig
+from dcam.build.config import QUEUE_TIMEOUT_MS, BuildConfig
+from dcam.build.engines import build_repository
 from dcam.client.cli import client_group
 from dcam.client.results import latest_rows
 from dcam.core.errors import ConfigError, ServerError
@@ -33,17 +34,27 @@ def _rewrite(repo: Path, model: str, edit) -> None:
     path.write_text(text_format.MessageToString(config))
 
 
-def test_requests_enter_through_a_timed_queue_and_only_there(ensemble_repo: Path) -> None:
+def test_requests_enter_through_a_timed_queue_and_only_there(
+    ensemble_repo: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """NVIDIA-container targets time requests out where they enter; the embedded 2.51 has no
+    queue policy by default (its batcher stalls 0.5 s with one: benchmarks/README.md)."""
     configs = read_configs(ensemble_repo)
+    assert not any(c.dynamic_batching.HasField("default_queue_policy") for c in configs.values())
+    out = tmp_path / "onnx"
+    build_repository(BuildConfig(run_dir=str(tiny_run), out=str(out), target="onnx", threads=1))
+    configs = read_configs(out)
     for name in ("teacher", "student"):
         batching = configs[name].dynamic_batching
         assert batching.HasField("default_queue_policy")
         policy = batching.default_queue_policy
         assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
-        assert policy.default_timeout_microseconds == BuildConfig.queue_timeout_ms * 1000
-        assert policy.allow_timeout_override and policy.max_queue_size == 0
+        assert policy.default_timeout_microseconds == QUEUE_TIMEOUT_MS * 1000
+        assert policy.allow_timeout_override and policy.max_queue_size == 4 * 32
     # Later steps only see what the first admitted: no policy there.
     assert not configs["postprocess"].dynamic_batching.HasField("default_queue_policy")
+    explicit = BuildConfig(run_dir="", out="", queue_timeout_ms=500)
+    assert explicit.queue_timeout("cpu") == explicit.queue_timeout("trt") == 500
     with pytest.raises(ConfigError):
         BuildConfig(run_dir="", out="", max_queue_size=-1)
 
