@@ -12,8 +12,8 @@ DLPack too. Stock `-py3` images have no torch: this path needs the image that
 deploy/images/torch-postprocess.Dockerfile derives (the fused layout needs none).
 Each request is normalised with the calibration of the product its `category` parameter
 names (the global one without it; an unknown name is that request's error), and its
-`threshold` parameter overrides the calibrated threshold. Each product's counts, scores and drift go to Triton's metrics port
-(`line_metrics.py`), when the build turned them on.
+`threshold` parameter overrides the calibrated threshold. Each product's counts, scores and
+drift go to Triton's metrics port (`line_metrics.py`), when the build turned them on.
 """
 
 import json
