@@ -37,7 +37,6 @@ from dcam.core.names import (
 )
 from dcam.core.versions import package_versions
 from dcam.serve.compat import read_configs
-from dcam.training.manifest import versions
 
 
 def resolve_target(cfg: BuildConfig) -> str:
@@ -218,9 +217,15 @@ def _serving_image(repo: Path, cfg: BuildConfig, target: str) -> dict:
 
 
 def _versions() -> dict:
+    import torch  # loaded already by export.py
+
     return {
-        **versions(),
-        **package_versions("onnx", "onnxruntime", "onnxsim", "tritonclient", "nvidia-modelopt"),
+        **package_versions(
+            *("torch", "torchvision", "numpy", "pillow"),
+            *("onnx", "onnxruntime", "onnxsim", "tritonclient", "nvidia-modelopt"),
+        ),
+        # torch's own string keeps the build's local label (e.g. +cu130) that its metadata drops.
+        "torch": torch.__version__,
     }
 
 

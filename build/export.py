@@ -18,7 +18,7 @@ from dcam.core.errors import BuildError
 from dcam.core.manifest import Manifest
 from dcam.core.names import IMAGE
 from dcam.core.scoring import ScoringSpec
-from dcam.training.model import FeatureExtractor, Normalize, read_state_dict
+from dcam.nets.features import FeatureExtractor, Normalize, read_state_dict
 
 
 class FeatureNet(nn.Module):

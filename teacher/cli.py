@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from dcam.core.cli import default, reports_errors
-from dcam.teacher.config import FAMILIES, PretrainConfig, ProbeConfig
-from dcam.training.config import BACKBONES, TEACHER_SOURCES
+from dcam.nets.choices import BACKBONES
+from dcam.teacher.config import FAMILIES, TEACHER_SOURCES, PretrainConfig, ProbeConfig
 
 
 def _d(name: str):

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcam.core.errors import ConfigError
-from dcam.training.config import TEACHER_SOURCES, check_backbone
+from dcam.nets.choices import check_backbone
+
+# Where the teacher's weights come from (sources.py), here so CLIs read the choices without torch.
+# formula and fractal: the shipped license-clean teachers (shipped.py); formula is the stronger
+# one (benchmarks/README.md), fractal its predecessor, kept so old runs reproduce. auto: ImageNet
+# where torchvision has the weights cached or can download them, else formula (a first run).
+TEACHER_SOURCES = ("auto", "imagenet", "formula", "fractal", "random")
 
 # Pretraining image families (formulas.py). `--data` names one, several joined by `+` (the
 # classes split evenly over them), or `mix` for all of them.
@@ -58,7 +64,7 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     data: str
-    teacher: str = "formula"  # as dcam-train: imagenet, formula, fractal or random
+    teacher: str = "formula"  # as dcam-train: auto, imagenet, formula, fractal or random
     teacher_weights: str | None = None
     adapt_bn: bool = True  # AdaBN on the training good images first, as dcam-train does
     backbone: str = "resnet18"

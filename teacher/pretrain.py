@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from dcam.core.errors import DcamError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
+from dcam.nets.device import resolve_device
+from dcam.nets.features import FeatureExtractor, Normalize
 from dcam.teacher.config import PretrainConfig
 from dcam.teacher.formulas import Classes, FormulaDataset, make_classes, render_set
-from dcam.training.model import FeatureExtractor, Normalize
-from dcam.training.train import resolve_device
 
 
 class FractalClassifier(nn.Module):

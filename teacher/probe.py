@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from dcam.core.metrics import auroc
 from dcam.datasets.layout import discover, load_images
+from dcam.nets.features import Normalize, adapt_batchnorm
 from dcam.teacher.config import ProbeConfig
-from dcam.training.model import Normalize, adapt_batchnorm, load_teacher
+from dcam.teacher.sources import load_teacher
 
 
 @torch.no_grad()

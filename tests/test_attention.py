@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dcam.core.errors import ConfigError
 from dcam.training.attention import ChannelAttention, DCAMBlock, SpatialAttention
 
 
@@ -35,5 +36,5 @@ def test_weight_shapes_and_ranges() -> None:
 
 
 def test_rejects_unknown_variant() -> None:
-    with pytest.raises(ValueError, match="channel"):
+    with pytest.raises(ConfigError, match="channel"):
         DCAMBlock(8, "none")

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from dcam.core.errors import DcamError
+from dcam.nets.features import FeatureExtractor, load_backbone_weights
 from dcam.teacher import shipped
 from dcam.teacher.cli import teacher_group
 from dcam.teacher.config import PretrainConfig, data_families
@@ -23,7 +24,7 @@ from dcam.teacher.fractal import (
     sample_ifs,
 )
 from dcam.teacher.pretrain import pretrain
-from dcam.training.model import FeatureExtractor, load_backbone_weights, load_teacher
+from dcam.teacher.sources import load_teacher
 
 TINY = {"n_classes": 8, "image_size": 32, "batch_size": 32, "device": "cpu", "minutes": None}
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from dcam.core.errors import ConfigError
 from dcam.training.losses import (
     channel_cosine_loss,
     distillation_loss,
@@ -56,5 +57,5 @@ def test_distillation_sums_levels_and_losses() -> None:
     expected = 1.0 + 0.5 + 1.0 + 0.5  # cosine + l2 on each level
     got = distillation_loss(t, s, ["cosine", "l2"])
     assert got.item() == pytest.approx(expected, abs=1e-6)
-    with pytest.raises(ValueError, match="losses"):
+    with pytest.raises(ConfigError, match="losses"):
         distillation_loss(t, s, ["nope"])

@@ -8,7 +8,9 @@ import torch
 import torchvision
 
 from dcam.core.errors import DcamError
-from dcam.training.model import FeatureExtractor, Normalize, Student, load_teacher
+from dcam.nets.features import FeatureExtractor, Normalize
+from dcam.teacher.sources import load_teacher
+from dcam.training.model import Student
 
 
 def test_feature_levels_and_channels() -> None:
@@ -114,7 +116,7 @@ def test_normalize_takes_uint8_nhwc() -> None:
 
 def test_adapt_batchnorm_reestimates_only_the_statistics() -> None:
     """AdaBN: running mean/var become those of this data; weights untouched; eval mode after."""
-    from dcam.training.model import adapt_batchnorm
+    from dcam.nets.features import adapt_batchnorm
 
     torch.manual_seed(0)
     teacher = load_teacher("resnet18", "random")
@@ -134,3 +136,75 @@ def test_adapt_batchnorm_reestimates_only_the_statistics() -> None:
         if k in weights:
             assert torch.equal(v, weights[k]), k
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch, hang: bool = False) -> None:
+    """Connections fail at once, or hang as a black-holed network does (DNS included)."""
+    import socket
+    import time
+
+    def connect(*args, **kwargs):
+        if hang:
+            time.sleep(30)
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def test_auto_teacher_offline_picks_formula_within_seconds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """No cached ImageNet weights and a network that never answers: formula, in < 5 s, and
+    one printed line that says which teacher and why."""
+    import time
+
+    from dcam.teacher.sources import choose_source
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _no_network(monkeypatch, hang=True)
+    start = time.perf_counter()
+    choice = choose_source("resnet18", "auto")
+    assert time.perf_counter() - start < 5
+    assert choice.source == "formula"
+    assert "not cached" in choice.reason and "unreachable" in choice.reason
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"teacher: formula ({choice.reason})"]
+
+
+def test_auto_teacher_offline_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """This machine's own network (offline in CI): auto settles on formula in under 5 s."""
+    import time
+
+    from dcam.teacher import sources
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    if sources._unreachable("download.pytorch.org") is None:
+        pytest.skip("online: auto would download ImageNet weights")
+    start = time.perf_counter()
+    teacher = load_teacher("resnet18", "auto")
+    assert time.perf_counter() - start < 5
+    shipped = load_teacher("resnet18", "formula")
+    torch.testing.assert_close(teacher.conv1.weight, shipped.conv1.weight)
+
+
+def test_auto_teacher_takes_cached_imagenet_weights_without_the_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dcam.teacher.sources import choose_source, imagenet_cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _no_network(monkeypatch)
+    cached = imagenet_cache_path("resnet18")
+    assert cached.is_relative_to(tmp_path) and cached.name.startswith("resnet18-")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    choice = choose_source("resnet18", "auto")
+    assert choice.source == "imagenet" and "cached" in choice.reason
+
+
+def test_explicit_teacher_sources_are_kept_as_asked() -> None:
+    from dcam.teacher.sources import TeacherChoice, choose_source
+
+    for source in ("imagenet", "formula", "fractal", "random"):
+        assert choose_source("resnet18", source) == TeacherChoice(source, None)

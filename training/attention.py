@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dcam.core.errors import ConfigError
 from dcam.training.config import DCAM_VARIANTS
 
 
@@ -48,7 +49,7 @@ class DCAMBlock(nn.Module):
     def __init__(self, channels: int, variant: str, reduction: int = 8) -> None:
         super().__init__()
         if variant not in DCAM_VARIANTS or variant == "none":
-            raise ValueError(f"DCAM variant must be one of {DCAM_VARIANTS[1:]}, got {variant!r}")
+            raise ConfigError(f"DCAM variant must be one of {DCAM_VARIANTS[1:]}, got {variant!r}")
         self.channel = ChannelAttention(channels, reduction) if "channel" in variant else None
         self.spatial = SpatialAttention() if "spatial" in variant else None
 

@@ -12,13 +12,13 @@ import click
 
 from dcam.core.anomaly_map import COMBINE_MODES
 from dcam.core.cli import default, reports_errors
+from dcam.nets.choices import BACKBONES
+from dcam.teacher.config import TEACHER_SOURCES
 from dcam.training.config import (
-    BACKBONES,
     CALIBRATION_METHODS,
     DCAM_MODES,
     DCAM_VARIANTS,
     LOSSES,
-    TEACHER_SOURCES,
     TrainConfig,
 )
 
@@ -55,7 +55,9 @@ def _d(name: str):
     default=_d("teacher"),
     help="Teacher weights: torchvision ImageNet (cache or download), formula (shipped, "
     "pretrained on rendered dead-leaves images, no download), fractal (its shipped "
-    "predecessor, IFS fractals), or random (tests only).",
+    "predecessor, IFS fractals), auto (ImageNet where cached or downloadable within a few "
+    "seconds, else formula; says which and why, and the manifest records it), or random "
+    "(tests only).",
 )
 @click.option(
     "--teacher-weights",

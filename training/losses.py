@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from dcam.core.errors import ConfigError
 from dcam.training.config import LOSSES
 
 
@@ -48,7 +49,7 @@ def stfpm_l2_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 def check_losses(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in LOSSES]
     if unknown or not names:
-        raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {list(names)}")
+        raise ConfigError(f"losses must be a non-empty subset of {LOSSES}, got {list(names)}")
 
 
 def distillation_loss(
