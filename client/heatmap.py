@@ -41,9 +41,7 @@ def product_scale(spec: ScoringSpec, category: str | None) -> HeatmapScale:
     """A product's scale in anomaly-map units: from 3 std below its good parts' typical score
     (cool) to 3 std past its threshold (hot). A pixel at the threshold level is what makes an
     image score exactly the threshold, since the image score is the map's maximum."""
-    c = spec.calibration_for(category)
-    threshold = c.mean + c.threshold * c.std
-    return HeatmapScale(max(c.mean - 3 * c.std, 0.0), threshold + 3 * c.std, threshold)
+    return HeatmapScale(*spec.calibration_for(category).heatmap_scale(3.0))
 
 
 def render_heatmap(

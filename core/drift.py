@@ -1,12 +1,11 @@
 """Line drift, written once: are a product's recent normal scores still distributed the way its
 calibration says?
 
-The calibration (training/calibration.py) standardises each product's image scores by the mean
-and std of its held-out good images. Its threshold assumes the extreme-value (Gumbel) law, since
-an image's score is the maximum of its anomaly map. So on a line that still looks like the
-calibration images, the z-scores of good parts follow a standard Gumbel law (mean 0, std 1).
-The reference is that law cut off at the product's threshold, because only parts that were not
-flagged enter the window.
+The calibration (calibration.py) standardises each product's image scores by the mean and std
+of its held-out good images, and says which law their z-scores follow: the extreme-value
+(Gumbel) law with mean 0 and std 1, since an image's score is the maximum of its anomaly map.
+The reference is that law cut off at the product's threshold (`Calibration.law_edges`), because
+only parts that were not flagged enter the window.
 
 The statistic is the population stability index (PSI) of the last `window` z-scores under the
 product's calibrated threshold (the parts it does not flag, whatever threshold a request asks
@@ -38,21 +37,23 @@ PSI rises before operators start raising the threshold by hand. A shift so large
 are flagged stops the window from filling: the anomaly rate shows that case, and the alert
 rules in deploy/monitoring watch both.
 
-Copied beside the Triton Python models at build time, like scoring.py: numpy only.
+Copied beside the Triton Python models at build time, like scoring.py: numpy and its siblings
+only.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-EULER_GAMMA = 0.5772156649015329
-GUMBEL_BETA = math.sqrt(6.0) / math.pi  # the scale of a Gumbel law with std 1
-GUMBEL_MU = -EULER_GAMMA * GUMBEL_BETA  # its location when its mean is 0
+if __package__:  # imported as dcam.core.drift
+    from dcam.core.calibration import Calibration, ConfigError
+else:  # a copy beside a Triton model: always its sibling, even where dcam is installed
+    from calibration import Calibration, ConfigError  # type: ignore[no-redef]
+
 DRIFT_PARAMETER = "line_metrics"  # model-config parameter carrying DriftSpec as JSON
 UNKNOWN_CATEGORY = "unknown"  # the label of requests that name no product
 
@@ -92,7 +93,9 @@ class DriftSpec:
 
     def __post_init__(self) -> None:
         if self.window < 2 * self.bins or self.bins < 2 or self.alarm <= 0:
-            raise ValueError("drift needs bins >= 2, window >= 2 * bins and alarm > 0")
+            raise ConfigError(
+                f"drift needs bins >= 2, window >= 2 * bins and alarm > 0, got {self}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -100,23 +103,6 @@ class DriftSpec:
     @classmethod
     def from_json(cls, text: str) -> DriftSpec:
         return cls(**json.loads(text))
-
-
-def gumbel_z_quantile(p: float) -> float:
-    """The p-quantile of the Gumbel law with mean 0 and std 1."""
-    return GUMBEL_MU - GUMBEL_BETA * math.log(-math.log(p))
-
-
-def gumbel_z_cdf(z: float) -> float:
-    return math.exp(-math.exp(-(z - GUMBEL_MU) / GUMBEL_BETA))
-
-
-def reference_edges(threshold: float, bins: int) -> np.ndarray:
-    """Inner edges of `bins` bins holding equal shares of the standard Gumbel law below
-    `threshold`. A score past an edge goes to the bin above, so scores at or above the
-    threshold fall in the last bin."""
-    top = gumbel_z_cdf(threshold)
-    return np.array([gumbel_z_quantile(top * i / bins) for i in range(1, bins)])
 
 
 def psi(values: np.ndarray, edges: np.ndarray) -> float:
@@ -141,11 +127,11 @@ class DriftReading(NamedTuple):
 
 class DriftWindow:
     """The last `spec.window` z-scores of one product under its calibrated threshold, and their
-    PSI."""
+    PSI against the law its calibration states."""
 
-    def __init__(self, spec: DriftSpec, threshold: float) -> None:
+    def __init__(self, spec: DriftSpec, calibration: Calibration) -> None:
         self.spec = spec
-        self.edges = reference_edges(threshold, spec.bins)
+        self.edges = calibration.law_edges(spec.bins)
         self.values = np.zeros(spec.window, np.float64)
         self.count = 0  # images ever added; the ring holds the last `window` of them
 

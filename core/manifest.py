@@ -1,9 +1,11 @@
 """The versioned JSON manifest: the only thing later stages read from a training run.
 
-Training writes `manifest.json` (the deployed model: backbone, levels, input format, mean/std, the
-scoring rule's settings and calibration; and its provenance: DCAM reading, losses, teacher, data,
-metrics, versions). The build copies it into the model repository. `Manifest` validates it once
-on reading and gives typed access, so no stage digs through the raw dict.
+Training writes `manifest.json` (the deployed model: backbone, levels, input format, mean/std,
+and the scoring record `scoring` exactly as `ScoringSpec.to_dict()` writes it; and its
+provenance: DCAM reading, losses, teacher, data, metrics, versions). The build copies it into
+the model repository. `Manifest` validates it once on reading and gives typed access, so no
+stage digs through the raw dict. Version 1 manifests (the record split into `anomaly_map` and
+`normalization` sections) still read.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from dcam.core.errors import ConfigError, ManifestError
 from dcam.core.files import write_json_atomic
 from dcam.core.scoring import ScoringSpec
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the scoring record as `ScoringSpec.to_dict()`; 1 still reads
 FILENAME = "manifest.json"
-REQUIRED = ("manifest_version", "backbone", "layers", "input", "anomaly_map", "normalization")
+REQUIRED = ("manifest_version", "backbone", "layers", "input", "scoring")
+REQUIRED_V1 = ("manifest_version", "backbone", "layers", "input", "anomaly_map", "normalization")
 
 
 @dataclass(frozen=True)
@@ -33,20 +36,28 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = "manifest") -> Manifest:
         """Check the version and the keys downstream stages need; build the scoring record."""
-        missing = [k for k in REQUIRED if k not in data]
+        version = data.get("manifest_version")
+        missing = [k for k in (REQUIRED_V1 if version == 1 else REQUIRED) if k not in data]
         if missing:
             raise ManifestError(f"{origin} lacks the keys {missing}")
-        if data["manifest_version"] != MANIFEST_VERSION:
+        if version not in (1, MANIFEST_VERSION):
             raise ManifestError(
-                f"{origin} has manifest_version {data['manifest_version']}, "
-                f"this dcam reads {MANIFEST_VERSION}"
+                f"{origin} has manifest_version {version}, this dcam reads 1 and {MANIFEST_VERSION}"
             )
         try:
-            scoring = scoring_from_sections(
-                data["input"], data["anomaly_map"], data["normalization"]
-            )
+            if version == 1:
+                scoring = scoring_from_v1_sections(
+                    data["input"], data["anomaly_map"], data["normalization"]
+                )
+            else:
+                scoring = ScoringSpec.from_dict(data["scoring"])
         except (ConfigError, KeyError, TypeError, IndexError) as exc:
             raise ManifestError(f"{origin}: invalid scoring settings ({exc!r})") from exc
+        if list(scoring.size) != list(data["input"].get("size", scoring.size)):
+            raise ManifestError(
+                f"{origin}: input size {data['input']['size']} differs from the scoring "
+                f"record's {list(scoring.size)}"
+            )
         return cls(dict(data), scoring)
 
     @classmethod
@@ -89,29 +100,11 @@ class Manifest:
         return str(self.data["files"][role])
 
 
-def scoring_sections(spec: ScoringSpec, method: str) -> dict[str, dict]:
-    """The manifest's `anomaly_map` and `normalization` sections for a scoring record."""
-    as_dict = spec.to_dict()
-    return {
-        "anomaly_map": {
-            "distance": "1 - cos over channels",
-            "upsample": "bilinear",
-            "combine": spec.combine,
-            "gaussian_sigma": spec.sigma,
-            "image_score": "max",
-        },
-        "normalization": {
-            "method": method,
-            "global": as_dict["global"],
-            "per_category": as_dict["per_category"],
-        },
-    }
-
-
-def scoring_from_sections(
+def scoring_from_v1_sections(
     input_section: Mapping, map_section: Mapping, normalization: Mapping
 ) -> ScoringSpec:
-    """The scoring record from the manifest's `input`, `anomaly_map` and `normalization`."""
+    """The scoring record from a version 1 manifest's `input`, `anomaly_map` and
+    `normalization` sections (keys renamed since; its `method` is the record's `rule`)."""
     return ScoringSpec.from_dict(
         {
             "size": input_section["size"],
@@ -119,5 +112,6 @@ def scoring_from_sections(
             "sigma": map_section["gaussian_sigma"],
             "global": normalization["global"],
             "per_category": normalization.get("per_category", {}),
+            "rule": normalization.get("method", ""),
         }
     )

@@ -5,8 +5,9 @@ smoothing, normalisation statistics and thresholds, global and per product). Tra
 into the manifest; the build reads it from there and hands it to the Triton post-processing
 model as one JSON parameter; `score()` applies it in training's evaluation, `dcam-build verify`,
 the fused ONNX graph, the post-processing model and the benchmarks. numpy arrays or torch tensors
-(traceable into ONNX) both work. The build copies this file and `anomaly_map.py` beside the
-Triton model, so they import nothing else from dcam.
+(traceable into ONNX) both work. The calibrations, and the one `judge` every decision goes
+through, come from calibration.py. The build copies this file, `calibration.py` and
+`anomaly_map.py` beside the Triton model, so they import nothing else from dcam.
 """
 
 from __future__ import annotations
@@ -18,49 +19,19 @@ from typing import Any
 
 if __package__:  # imported as dcam.core.scoring
     from dcam.core import anomaly_map as amap
-    from dcam.core.errors import ConfigError
-else:  # a copy beside a Triton model: always its sibling, even where dcam is installed
+
+    # Calibration, decide and judge live with the calibrator; imported here for callers too.
+    from dcam.core.calibration import Calibration, ConfigError, judge
+    from dcam.core.calibration import decide as decide
+else:  # a copy beside a Triton model: always its siblings, even where dcam is installed
     import anomaly_map as amap  # type: ignore[no-redef]
+    from calibration import Calibration, ConfigError, judge  # type: ignore[no-redef]
+    from calibration import decide as decide  # type: ignore[no-redef]
 
-    class ConfigError(ValueError):  # type: ignore[no-redef]
-        """A bad setting or request parameter."""
 
-
-_EPS = 1e-8
 THRESHOLD_PARAMETER = "threshold"  # request parameter overriding the calibrated threshold
 CATEGORY_PARAMETER = "category"  # request parameter naming the product whose calibration applies
 SCORING_PARAMETER = "scoring"  # model-config parameter carrying this record as JSON
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Held-out good images' score statistics: the z-score and the threshold on it."""
-
-    mean: float
-    std: float
-    threshold: float  # on the normalised (z) score
-    n: int = 0  # how many good images the statistics come from
-
-    def normalise(self, scores: Any) -> Any:
-        """Standardise raw image scores (z-scores), in float32."""
-        return (amap._float32(scores) - self.mean) / max(self.std, _EPS)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Calibration:
-        try:
-            return cls(
-                float(values["mean"]),
-                float(values["std"]),
-                float(values["threshold"]),
-                int(values.get("n", 0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"calibration needs numeric mean, std, threshold: {exc}") from exc
-
-
-def decide(normalised: Any, threshold: float) -> Any:
-    """True where a normalised score exceeds the decision threshold."""
-    return normalised > threshold
 
 
 def request_parameters(threshold: float | None, category: str | None) -> dict[str, Any]:
@@ -110,6 +81,7 @@ class ScoringSpec:
     sigma: float  # Gaussian smoothing of the map in pixels; 0 disables
     calibration: Calibration  # global: used when a request names no product
     per_category: Mapping[str, Calibration] = field(default_factory=dict)
+    rule: str = ""  # how the calibrator chose the thresholds, for people (calibration.py)
 
     def __post_init__(self) -> None:
         if self.combine not in amap.COMBINE_MODES:
@@ -132,8 +104,9 @@ class ScoringSpec:
             "size": list(self.size),
             "combine": self.combine,
             "sigma": self.sigma,
-            "global": _calibration_dict(self.calibration),
-            "per_category": {k: _calibration_dict(v) for k, v in self.per_category.items()},
+            "global": self.calibration.to_dict(),
+            "per_category": {k: v.to_dict() for k, v in self.per_category.items()},
+            "rule": self.rule,
         }
 
     @classmethod
@@ -146,6 +119,7 @@ class ScoringSpec:
             per_category={
                 k: Calibration.from_dict(v) for k, v in values.get("per_category", {}).items()
             },
+            rule=str(values.get("rule", "")),
         )
 
     def to_json(self) -> str:
@@ -155,10 +129,6 @@ class ScoringSpec:
     @classmethod
     def from_json(cls, text: str) -> ScoringSpec:
         return cls.from_dict(json.loads(text))
-
-
-def _calibration_dict(c: Calibration) -> dict:
-    return {"mean": c.mean, "std": c.std, "threshold": c.threshold, "n": c.n}
 
 
 @dataclass
@@ -192,13 +162,6 @@ def judge_request(spec: ScoringSpec, raw: Any, parameters: Mapping[str, Any]) ->
     """
     calibration = spec.calibration_for(request_category(parameters))
     return judge(calibration, raw, request_threshold(parameters))
-
-
-def judge(calibration: Calibration, raw: Any, threshold: float | None = None) -> tuple[Any, Any]:
-    """Raw image scores -> (normalised scores, decisions) under one calibration."""
-    normalised = calibration.normalise(raw)
-    limit = calibration.threshold if threshold is None else float(threshold)
-    return normalised, decide(normalised, limit)
 
 
 def warm_up(spec: ScoringSpec, level_shapes: Sequence[Sequence[int]], device: str) -> None:

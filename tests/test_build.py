@@ -62,11 +62,11 @@ def test_configs_parse_back_field_by_field(ensemble_repo: Path) -> None:
     assert published == Manifest.read(ensemble_repo).scoring
     post = parse_config(ensemble_repo / "postprocess" / "config.pbtxt")
     params = {k: v.string_value for k, v in post.parameters.items()}
-    glob = manifest["normalization"]["global"]
+    glob = manifest["scoring"]["global"]
     spec = ScoringSpec.from_json(params["scoring"])
     assert spec.calibration.threshold == glob["threshold"]
     assert spec.calibration.mean == glob["mean"]
-    assert spec.sigma == manifest["anomaly_map"]["gaussian_sigma"]
+    assert spec.sigma == manifest["scoring"]["sigma"]
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "yes"
     assert [o.name for o in post.output] == ["anomaly_map", "score", "is_anomalous"]
     assert list(post.output[0].dims) == [64, 64]

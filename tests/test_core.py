@@ -82,33 +82,85 @@ def test_request_threshold_refuses_non_numbers(value) -> None:
     assert scoring.request_threshold({"threshold": "1.5"}) == 1.5
 
 
-def test_manifest_validates_once_and_gives_typed_access(tmp_path: Path) -> None:
-    spec = _spec()
-    data = {
-        "manifest_version": 1,
+def _manifest_data(spec: ScoringSpec) -> dict:
+    return {
+        "manifest_version": 2,
         "backbone": "resnet18",
         "layers": ["layer1", "layer2", "layer3"],
         "files": {"teacher": "teacher.pt", "student": "student.pt"},
         "input": {"size": [16, 16]},
         "mean": [0.1, 0.2, 0.3],
         "std": [1, 1, 1],
-        "anomaly_map": {"combine": "sum", "gaussian_sigma": 1.0},
-        "normalization": {
-            "global": {"mean": 0.5, "std": 0.25, "threshold": 2.0, "n": 40},
-            "per_category": {k: dataclasses.asdict(v) for k, v in spec.per_category.items()},
-        },
+        "scoring": spec.to_dict(),
     }
+
+
+def test_manifest_validates_once_and_gives_typed_access(tmp_path: Path) -> None:
+    spec = dataclasses.replace(_spec(), rule="gumbel, 1%")
+    data = _manifest_data(spec)
     manifest = Manifest.from_dict(data)
     assert manifest.scoring == spec and manifest.input_size == (16, 16)
     manifest.write(tmp_path)
     assert Manifest.read(tmp_path).scoring == spec
-    with pytest.raises(ManifestError, match="manifest_version 2"):
-        Manifest.from_dict({**data, "manifest_version": 2})
-    bad = {**data, "anomaly_map": {"combine": "median", "gaussian_sigma": 1.0}}
+    with pytest.raises(ManifestError, match="manifest_version 3"):
+        Manifest.from_dict({**data, "manifest_version": 3})
+    bad = {**data, "scoring": {**data["scoring"], "combine": "median"}}
     with pytest.raises(ManifestError, match="invalid scoring settings"):
         Manifest.from_dict(bad)
+    with pytest.raises(ManifestError, match="differs from the scoring record"):
+        Manifest.from_dict({**data, "input": {"size": [32, 32]}})
     with pytest.raises(ManifestError, match="lacks the keys"):
-        Manifest.from_dict({"manifest_version": 1})
+        Manifest.from_dict({"manifest_version": 2})
+
+
+def test_version_1_manifests_still_read() -> None:
+    """Version 1 split the scoring record into sections with other key names."""
+    spec = dataclasses.replace(_spec(), rule="Gumbel fit")
+    data = {k: v for k, v in _manifest_data(spec).items() if k != "scoring"}
+    v1 = {
+        **data,
+        "manifest_version": 1,
+        "anomaly_map": {
+            "distance": "1 - cos over channels",
+            "combine": "sum",
+            "gaussian_sigma": 1.0,
+        },
+        "normalization": {
+            "method": "Gumbel fit",
+            "global": {"mean": 0.5, "std": 0.25, "threshold": 2.0, "n": 40},
+            "per_category": {k: dataclasses.asdict(v) for k, v in spec.per_category.items()},
+        },
+    }
+    assert Manifest.from_dict(v1).scoring == spec
+    with pytest.raises(ManifestError, match="lacks the keys"):
+        Manifest.from_dict({**data, "manifest_version": 1})
+
+
+def test_support_modules_run_beside_a_triton_model_without_dcam(tmp_path: Path) -> None:
+    """The build copies these modules beside each Python model; there they import only each
+    other (dcam is blocked here, as where it is not installed)."""
+    from dcam.build.repository import SUPPORT_MODULES
+
+    for module in SUPPORT_MODULES:
+        (tmp_path / Path(module.__file__).name).write_text(Path(module.__file__).read_text())
+    code = (
+        "import sys\n"
+        "sys.modules['dcam'] = None\n"
+        "import numpy as np, calibration, drift, scoring\n"
+        f"spec = scoring.ScoringSpec.from_json({_spec().to_json()!r})\n"
+        "z, flagged = scoring.judge_request(spec, np.array([0.16, 0.3]), {'category': 'bottle'})\n"
+        "assert flagged.tolist() == [False, True], flagged\n"
+        "assert scoring.Calibration is calibration.Calibration\n"
+        "window = drift.DriftWindow(drift.DriftSpec(), spec.calibration_for('bottle'))\n"
+        "assert len(window.edges) == 9\n"
+        "try:\n"
+        "    spec.calibration_for('nut')\n"
+        "except ValueError as exc:\n"
+        "    assert type(exc) is scoring.ConfigError is drift.ConfigError, type(exc)\n"
+        "else:\n"
+        "    raise AssertionError('unknown product accepted')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 def test_one_error_family() -> None:

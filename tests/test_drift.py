@@ -14,32 +14,34 @@ from dcam.build.config import BuildConfig
 from dcam.client.results import Result
 from dcam.client.status import format_status, histogram_quantile, line_status
 from dcam.client.summary import Tally
+from dcam.core import calibration as law
 from dcam.core import drift
+from dcam.core.calibration import Calibration, gumbel_z_threshold
 from dcam.core.errors import ConfigError
 from dcam.serve.compat import read_configs
-from dcam.training.calibration import gumbel_z_threshold
 
 THRESHOLD = gumbel_z_threshold(0.01)
+CALIBRATION = Calibration(0.0, 1.0, THRESHOLD)  # the law drift reads is the calibration's
 
 
 def reference_sample(rng: np.random.Generator, n: int) -> np.ndarray:
     """Standard-Gumbel z-scores below the threshold: a line exactly like its calibration."""
-    values = rng.gumbel(drift.GUMBEL_MU, drift.GUMBEL_BETA, 2 * n)
+    values = rng.gumbel(law.GUMBEL_MU, law.GUMBEL_BETA, 2 * n)
     return values[values < THRESHOLD][:n]
 
 
 def test_reference_is_the_law_the_calibration_thresholds_with() -> None:
-    assert drift.gumbel_z_quantile(0.99) == pytest.approx(3.137, abs=1e-3) == THRESHOLD
+    assert law.gumbel_z_quantile(0.99) == pytest.approx(3.137, abs=1e-3) == THRESHOLD
     values = reference_sample(np.random.default_rng(0), 200_000)
     assert values.mean() == pytest.approx(-0.02, abs=0.02)  # mean 0, less the cut-off tail
-    edges = drift.reference_edges(THRESHOLD, 10)
+    edges = CALIBRATION.law_edges(10)
     shares = np.bincount(np.searchsorted(edges, values, side="right"), minlength=10) / len(values)
     np.testing.assert_allclose(shares, 0.1, atol=0.003)
 
 
 def test_psi_is_small_on_an_unchanged_line_and_large_on_a_moved_one() -> None:
     rng = np.random.default_rng(1)
-    edges = drift.reference_edges(THRESHOLD, 10)
+    edges = CALIBRATION.law_edges(10)
     stable = [drift.psi(reference_sample(rng, 256), edges) for _ in range(300)]
     # N * PSI ~ chi-square(9): mean 9 / 256 = 0.035; far below the default alarm.
     assert np.mean(stable) == pytest.approx(0.035, abs=0.01)
@@ -50,7 +52,7 @@ def test_psi_is_small_on_an_unchanged_line_and_large_on_a_moved_one() -> None:
 
 def test_window_keeps_the_last_images_and_reports_once_full() -> None:
     spec = drift.DriftSpec(window=40, bins=4, alarm=0.5)
-    window = drift.DriftWindow(spec, THRESHOLD)
+    window = drift.DriftWindow(spec, CALIBRATION)
     window.add(np.zeros(39))
     assert window.filled == 39 and window.statistic() == 0.0 and not window.alarm()
     window.add(np.array([1.0]))
@@ -65,6 +67,8 @@ def test_window_keeps_the_last_images_and_reports_once_full() -> None:
 def test_drift_settings_are_checked_and_travel_as_json() -> None:
     spec = drift.DriftSpec(window=128, bins=8, alarm=0.3)
     assert drift.DriftSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ConfigError, match="alarm > 0"):
+        drift.DriftSpec(alarm=0.0)
     with pytest.raises(ConfigError, match="window >= 2 \\* bins"):
         BuildConfig(run_dir="r", out="o", drift_window=10, drift_bins=10)
     assert BuildConfig(run_dir="r", out="o", line_metrics=False).drift_spec() is None

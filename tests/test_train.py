@@ -38,8 +38,7 @@ def test_run_writes_weights_manifest_and_report(tiny_run: Path) -> None:
         "input",
         "mean",
         "std",
-        "anomaly_map",
-        "normalization",
+        "scoring",
         "dcam",
         "losses",
         "teacher",
@@ -52,8 +51,10 @@ def test_run_writes_weights_manifest_and_report(tiny_run: Path) -> None:
     assert manifest["teacher"]["source"] == "random"
     assert manifest["dcam"] == {"variant": "channel", "mode": "mask", "in_deployed_student": False}
     assert manifest["input"]["size"] == [64, 64]
-    glob = manifest["normalization"]["global"]
-    assert glob["std"] > 0 and set(manifest["normalization"]["per_category"]) == {"carpet", "nut"}
+    assert manifest["manifest_version"] == 2
+    glob = manifest["scoring"]["global"]
+    assert glob["std"] > 0 and set(manifest["scoring"]["per_category"]) == {"carpet", "nut"}
+    assert manifest["scoring"]["rule"].startswith("z-score of held-out good images")
     student = torch.load(tiny_run / "student.pt", weights_only=True)
     assert not any("dcam" in k for k in student)
     teacher = torch.load(tiny_run / "teacher.pt", weights_only=True)
@@ -117,3 +118,24 @@ def test_adapted_teacher_is_what_ships(synthetic_root: Path, tmp_path: Path) -> 
         "carpet",
         "nut",
     }
+
+
+def test_auto_teacher_is_recorded_and_kept_on_resume(
+    monkeypatch: pytest.MonkeyPatch, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Offline, `--teacher auto` distils from the shipped formula teacher and the manifest says
+    so and why; resumed once ImageNet weights are cached, the run keeps its teacher."""
+    from dcam.teacher import sources
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(sources, "_unreachable", lambda host, port=443: "no network (test)")
+    out = tmp_path / "run"
+    first = train(tiny_config(synthetic_root, out, teacher="auto", epochs=1))
+    assert first["teacher"]["source"] == "formula" and first["teacher"]["requested"] == "auto"
+    assert "no network (test)" in first["teacher"]["reason"]
+    assert first["teacher"]["weights"] == "formula_resnet18.pt"
+    cached = sources.imagenet_cache_path("resnet18")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")  # auto would now pick imagenet (and fail to read this file)
+    resumed = train(tiny_config(synthetic_root, out, teacher="auto", epochs=2), resume=True)
+    assert resumed["teacher"] == first["teacher"]

@@ -11,24 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dcam.core.anomaly_map import COMBINE_MODES
+from dcam.core.calibration import CALIBRATION_METHODS
 from dcam.core.errors import ConfigError
+from dcam.nets.choices import check_backbone
+from dcam.teacher.config import TEACHER_SOURCES
 
 if TYPE_CHECKING:
     from dcam.datasets.layout import Splits
 
-# The choices, here and not beside the torch modules, so the CLI reads them without torch.
-BACKBONES = ("resnet18", "wide_resnet50_2")
-# formula and fractal: the shipped license-clean teachers (teacher/shipped.py); formula is the
-# stronger one (benchmarks/README.md), fractal its predecessor, kept so old runs reproduce.
-TEACHER_SOURCES = ("imagenet", "formula", "fractal", "random")
+# The choices, here and not beside the torch modules, so the CLI reads them without torch
+# (backbones: dcam.nets.choices; teacher sources, auto among them: dcam.teacher.config).
 DCAM_VARIANTS = ("none", "channel", "spatial", "channel+spatial")
 DCAM_MODES = ("side", "mask", "inline")
 LOSSES = ("cosine", "kl", "spatial_cosine", "l2")
-CALIBRATION_METHODS = ("gumbel", "quantile", "f1")
-
-
-def check_backbone(name: str) -> None:
-    _check_choice("backbone", name, BACKBONES)
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,9 @@ class TrainConfig:
     out: str = "runs/dcam"
     categories: tuple[str, ...] | None = None  # None: every category folder under the roots
     backbone: str = "resnet18"
-    teacher: str = "imagenet"  # "random" only for offline tests: it understates every method
+    # "auto": ImageNet where cached or downloadable, else the shipped formula teacher (a first
+    # run). "random" only for offline tests: it understates every method.
+    teacher: str = "imagenet"
     teacher_weights: str | None = None  # a torchvision checkpoint; overrides `teacher`
     # Re-estimate the teacher's BatchNorm statistics on the training good images (AdaBN) before
     # distilling: a pretrained teacher's statistics come from other data. +5 to 9 points on

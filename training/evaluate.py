@@ -15,8 +15,9 @@ from torch import nn
 from dcam.core import scoring
 from dcam.core.anomaly_map import anomaly_map, image_scores
 from dcam.core.metrics import auroc, f1_max, pro_score
-from dcam.core.scoring import Calibration
+from dcam.core.scoring import ScoringSpec
 from dcam.datasets.layout import Sample
+from dcam.training.config import TrainConfig
 from dcam.training.model import Normalize
 
 
@@ -25,8 +26,8 @@ def predict_maps(
     teacher: nn.Module,
     student: nn.Module,
     images: np.ndarray,
-    combine: str = "sum",
-    sigma: float = 0.0,
+    combine: str = TrainConfig.combine,
+    sigma: float = TrainConfig.sigma,
     batch_size: int = 16,
     device: str = "cpu",
 ) -> np.ndarray:
@@ -58,7 +59,7 @@ def _category_metrics(
 
 
 def evaluate(
-    samples: Sequence[Sample], maps: np.ndarray, masks: np.ndarray, calibration: dict
+    samples: Sequence[Sample], maps: np.ndarray, masks: np.ndarray, spec: ScoringSpec
 ) -> dict:
     """Metrics per category and their mean, plus decision quality at the global threshold."""
     labels = np.array([s.is_anomalous for s in samples])
@@ -75,7 +76,7 @@ def evaluate(
     report["mean"] = {
         k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)
     }
-    report["calibration_readings"] = calibration_readings(labels, cats, scores, calibration)
+    report["calibration_readings"] = calibration_readings(labels, cats, scores, spec)
     report["decisions_at_global_threshold"] = {
         k: report["calibration_readings"]["global"][k]
         for k in ("true_positive_rate", "false_positive_rate")
@@ -84,7 +85,7 @@ def evaluate(
 
 
 def calibration_readings(
-    labels: np.ndarray, categories: np.ndarray, scores: np.ndarray, calibration: dict
+    labels: np.ndarray, categories: np.ndarray, scores: np.ndarray, spec: ScoringSpec
 ) -> dict:
     """Pooled image AUROC and TPR/FPR at the shipped threshold, under the global calibration
     and under each product's own: what one threshold for all products costs.
@@ -93,13 +94,12 @@ def calibration_readings(
     `category`.
     """
     readings = {}
-    per_product = {c: Calibration.from_dict(v) for c, v in calibration["per_category"].items()}
-    glob = Calibration.from_dict(calibration["global"])
-    for name, pick in (("global", lambda c: glob), ("per_product", per_product.__getitem__)):
+    for name, own in (("global", False), ("per_product", True)):
         z, decided = np.empty(len(scores)), np.empty(len(scores), bool)
         for c in np.unique(categories):
             sel = categories == c
-            z[sel], decided[sel] = scoring.judge(pick(c), scores[sel])
+            calibration = spec.calibration_for(str(c) if own else None)
+            z[sel], decided[sel] = scoring.judge(calibration, scores[sel])
         both = labels.any() and (~labels).any()
         readings[name] = {
             "pooled_image_auroc": auroc(labels, z) if both else None,

@@ -2,7 +2,7 @@
 `dcam.core.manifest`.
 
 It describes the deployed model (backbone, layers, input size and format, mean/std, the scoring
-rule's settings and calibration) and how it came to be (DCAM reading, losses, teacher source,
+record with its calibrations) and how it came to be (DCAM reading, losses, teacher source,
 data summary, metrics, versions).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from dcam.core.manifest import MANIFEST_VERSION, Manifest, scoring_sections
+from dcam.core.manifest import MANIFEST_VERSION, Manifest
 from dcam.core.names import LEVELS
 from dcam.core.scoring import ScoringSpec
 from dcam.core.versions import package_versions
@@ -32,7 +32,6 @@ def build_manifest(
     teacher_source: dict,
     data_summary: dict,
     scoring: ScoringSpec,
-    method: str,
     metrics: dict,
     training: dict,
 ) -> Manifest:
@@ -53,7 +52,7 @@ def build_manifest(
         },
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        **scoring_sections(scoring, method),
+        "scoring": scoring.to_dict(),
         "dcam": {
             "variant": cfg.dcam,
             "mode": cfg.dcam_mode,

@@ -20,10 +20,11 @@ from tqdm import tqdm
 from dcam.core.anomaly_map import image_scores
 from dcam.core.errors import ConfigError, DcamError, OutputExistsError
 from dcam.core.files import write_atomic, write_json_atomic
-from dcam.core.scoring import Calibration, ScoringSpec
 from dcam.datasets.anomalies import cut_paste
 from dcam.datasets.layout import Splits, load_images, load_masks
+from dcam.nets.device import resolve_device
 from dcam.teacher.shipped import SHIPPED_TEACHERS, shipped_weights_path
+from dcam.teacher.sources import TeacherChoice, choose_source
 from dcam.training.calibration import calibrate, detection_estimate, threshold_note
 from dcam.training.config import TrainConfig
 from dcam.training.evaluate import evaluate, markdown_table, predict_maps
@@ -33,15 +34,6 @@ from dcam.training.model import Normalize, Student, adapt_batchnorm, load_teache
 
 OUTPUT_FILES = ("teacher.pt", "student.pt", "manifest.json", "checkpoint.pt", "report.json")
 _RESUMABLE_CHANGES = {"epochs", "device", "out"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA where present, else CPU; an explicit 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(name)
 
 
 def prepare_output(out: Path, resume: bool, force: bool) -> None:
@@ -122,9 +114,12 @@ def run_epoch(
     return total / seen
 
 
-def teacher_info(cfg: TrainConfig, n_train: int) -> dict:
-    """Which teacher the run used and how, for the manifest (never silently another one)."""
-    info = _teacher_source(cfg)
+def teacher_info(cfg: TrainConfig, n_train: int, choice: TeacherChoice | None = None) -> dict:
+    """Which teacher the run used and how, for the manifest (never silently another one).
+
+    `choice`: what `--teacher auto` resolved to, and why; None for an explicit source.
+    """
+    info = _teacher_source(cfg, choice or TeacherChoice(cfg.teacher))
     info["batchnorm"] = (
         f"re-estimated on the {n_train} training good images (AdaBN)"
         if cfg.adapt_teacher_bn
@@ -133,19 +128,34 @@ def teacher_info(cfg: TrainConfig, n_train: int) -> dict:
     return info
 
 
-def _teacher_source(cfg: TrainConfig) -> dict:
+def _teacher_source(cfg: TrainConfig, choice: TeacherChoice) -> dict:
     if cfg.teacher_weights:
         return {"source": "file", "path": str(cfg.teacher_weights)}
-    info: dict = {"source": cfg.teacher}
-    if cfg.teacher == "random":
+    info: dict = {"source": choice.source}
+    if choice.reason:
+        info.update(requested=cfg.teacher, reason=choice.reason)
+    if choice.source == "random":
         info["warning"] = "random teacher: for tests only, understates every method"
-    if cfg.teacher in SHIPPED_TEACHERS:
-        weights = shipped_weights_path(cfg.teacher, cfg.backbone)
+    if choice.source in SHIPPED_TEACHERS:
+        weights = shipped_weights_path(choice.source, cfg.backbone)
         sidecar = weights.with_suffix(".json")
         info["weights"] = weights.name
         if sidecar.is_file():
             info["pretraining"] = json.loads(sidecar.read_text())
     return info
+
+
+def _teacher_choice(cfg: TrainConfig, resumed: Path | None) -> TeacherChoice:
+    """The teacher's source: `auto` resolved now or, on --resume, as the interrupted run did
+    (going online in between must not swap the teacher under a half-trained student)."""
+    if cfg.teacher_weights:
+        return TeacherChoice("file")
+    checkpoint = resumed / "checkpoint.pt" if resumed is not None else None
+    if cfg.teacher == "auto" and checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True).get("teacher")
+        if saved:
+            return TeacherChoice(**saved)
+    return choose_source(cfg.backbone, cfg.teacher)
 
 
 def _resume_state(out: Path, cfg: TrainConfig) -> dict:
@@ -168,9 +178,9 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     # The teacher first: an unusable one (offline ImageNet, missing file) must fail before an
     # earlier run is replaced and before minutes of data loading.
-    teacher = load_teacher(
-        cfg.backbone, cfg.teacher, Path(cfg.teacher_weights) if cfg.teacher_weights else None
-    ).to(device)
+    weights = Path(cfg.teacher_weights) if cfg.teacher_weights else None
+    choice = _teacher_choice(cfg, out if resume else None)
+    teacher = load_teacher(cfg.backbone, choice.source, weights).to(device)
     prepare_output(out, resume, force)
     splits = cfg.splits()
     train_images = load_images(splits.train, cfg.image_size, "loading train")
@@ -189,9 +199,11 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
         "history": [],
         "best_student": None,
         "seconds": 0.0,
+        "teacher": choice._asdict(),
     }
     if resume:
         state = _resume_state(out, cfg)
+        state.setdefault("teacher", choice._asdict())  # checkpoints from before `auto`
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -244,37 +256,27 @@ def finish(
     cats = [s.category for s in splits.val]
     synthetic = cut_paste(val_images, cats, cfg.seed)  # no real defect is needed to estimate
     synthetic_scores = image_scores(predict_maps(teacher, student, synthetic, **maps_kw))
-    calibration = calibrate(
-        val_scores, cats, cfg.calibration, cfg.target_fpr, synthetic=synthetic_scores
-    )
-    estimate = detection_estimate(calibration, synthetic_scores, cats)
+    spec = calibrate(cfg, val_scores, cats, synthetic_scores)
+    estimate = detection_estimate(spec, synthetic_scores, cats)
     report: dict = {}
     if splits.test:
         test_images = load_images(splits.test, cfg.image_size, "loading test")
         maps = predict_maps(teacher, student, test_images, **maps_kw)
-        report = evaluate(splits.test, maps, load_masks(splits.test, cfg.image_size), calibration)
-        note = threshold_note(calibration, estimate)
+        report = evaluate(splits.test, maps, load_masks(splits.test, cfg.image_size), spec)
+        note = threshold_note(spec, estimate)
         (out / "report.md").write_text(markdown_table(report) + note)
     report["synthetic_anomalies"] = estimate
     write_json_atomic(out / "report.json", report)
     save_atomic(teacher.state_dict(), out / "teacher.pt")
     save_atomic(student.deployable_state_dict(), out / "student.pt")
     training = {k: state[k] for k in ("best_epoch", "best_val", "history", "seconds")}
-    spec = ScoringSpec(
-        (cfg.image_size, cfg.image_size),
-        cfg.combine,
-        cfg.sigma,
-        Calibration.from_dict(calibration["global"]),
-        {c: Calibration.from_dict(v) for c, v in calibration["per_category"].items()},
-    )
     manifest = build_manifest(
         cfg,
         teacher.channels,
         [4, 8, 16],
-        teacher_info(cfg, len(splits.train)),
+        teacher_info(cfg, len(splits.train), TeacherChoice(**state["teacher"])),
         splits.summary(),
         spec,
-        calibration["method"],
         report,
         training,
     )

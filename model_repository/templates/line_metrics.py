@@ -32,7 +32,7 @@ def _numpy(values):
 class _Product:
     """One product's metric handles, its drift window and the batch's pending counts."""
 
-    def __init__(self, families, label, instance, spec, threshold):
+    def __init__(self, families, label, instance, spec, calibration):
         labels = {"category": label}
         self.metrics = {}
         for name, family in families.items():
@@ -42,8 +42,8 @@ class _Product:
                 self.metrics[name] = family.Metric(labels={**labels, "instance": instance})
             else:
                 self.metrics[name] = family.Metric(labels=labels)
-        self.threshold = threshold
-        self.window = drift.DriftWindow(spec, threshold)
+        self.threshold = calibration.threshold
+        self.window = drift.DriftWindow(spec, calibration)
         self.scores, self.flagged = [], 0
 
     def publish(self):
@@ -93,8 +93,8 @@ class LineMetrics:
         label = category or drift.UNKNOWN_CATEGORY
         product = self.products.get(label)
         if product is None:
-            threshold = self.scoring_spec.calibration_for(category).threshold
-            product = _Product(self.families, label, self.instance, self.spec, threshold)
+            calibration = self.scoring_spec.calibration_for(category)
+            product = _Product(self.families, label, self.instance, self.spec, calibration)
             self.products[label] = product
         scores, flagged = _numpy(scores).astype(np.float64), _numpy(decisions).astype(bool)
         product.scores.append(scores)
