@@ -23,6 +23,7 @@ from dcam.build.config import (
 from dcam.build.deploy import DeployConfig
 from dcam.build.releases import DEFAULT_RELEASE, RELEASES
 from dcam.core.cli import default, reports_errors
+from dcam.core.network import DEFAULT_GRPC_PORT
 
 
 def _d(name: str):
@@ -267,4 +268,5 @@ def deploy_command(**options) -> None:
     else:
         click.echo(f"no KServe alternative: {size['kserve']}")
     namespace = options["namespace"] or "<namespace>"
-    click.echo(f"score with: dcam-client score --url dns:///dcam-triton-pods.{namespace}.svc:8001")
+    pods = f"dcam-triton-pods.{namespace}.svc:{DEFAULT_GRPC_PORT}"
+    click.echo(f"score with: dcam-client score --url dns:///{pods}")

@@ -1,138 +1,30 @@
 """Command line: `dcam-client score --dir DIR`, `dcam-client status` (the line, from Triton's
 metrics) and `dcam-client auroc` (for labelled folders).
 
-`score` options map onto `ScoreConfig` fields and take their defaults from there; only this
-layer turns library errors into messages and exit codes (through `reports_errors`).
+`score` options map onto `ScoreConfig` (how to score) and `RunConfig` (what to score, where results
+go; client/run.py runs it) and take their defaults from there; only this layer turns library
+errors into messages and exit codes (through `reports_errors`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
+import dataclasses
 import json
 import os
-import signal
-import time
 from pathlib import Path
 
 import click
 import numpy as np
-from tqdm import tqdm
 
-from dcam.client import files
-from dcam.client.files import HotFolder, list_files
-from dcam.client.heatmap import heatmap_path, product_scale, render_heatmap
-from dcam.client.results import (
-    Result,
-    ResultWriter,
-    compact,
-    has_error,
-    is_true,
-    latest_rows,
-    open_results,
-)
-from dcam.client.score import CategoryOf, ScoreConfig, Scorer
+from dcam.client.results import is_true, latest_rows
+from dcam.client.run import Outcome, RunConfig, score_folder
+from dcam.client.score import ScoreConfig
 from dcam.client.status import format_status, line_status, scrape
-from dcam.client.summary import Tally
 from dcam.client.transport import ClientTls
 from dcam.client.triton import SHM_MODES
 from dcam.core.cli import EXISTING_FILE, default, reports_errors
-from dcam.core.errors import ClientError, ConfigError
-from dcam.core.images import load_image
 from dcam.core.metrics import auroc
-from dcam.core.scoring import ScoringSpec
-
-
-def _write_heatmap(
-    result: Result, folder: Path, root: Path, size: int, scoring: ScoringSpec
-) -> None:
-    image = load_image(result.path, size)
-    scale = product_scale(scoring, result.category)
-    png = render_heatmap(image, result.anomaly_map, result.score, result.is_anomalous, scale)
-    out = heatmap_path(folder, result.path, root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    png.save(out, compress_level=1)  # level 6 took 37 ms a heatmap, level 1 17 ms, 7% larger
-
-
-class HeatmapWriter:
-    """Writes heatmaps on the decoder threads, so rendering and PNG compression (about 25 ms
-    each) never stall the event loop that keeps requests in flight; at most `limit` pending."""
-
-    def __init__(self, scorer: Scorer, folder: Path, root: Path, limit: int) -> None:
-        self.scorer, self.folder, self.root, self.limit = scorer, folder, root, limit
-        self.pending: set[asyncio.Future] = set()
-
-    async def add(self, result: Result) -> None:
-        if len(self.pending) >= self.limit:
-            done, self.pending = await asyncio.wait(
-                self.pending, return_when=asyncio.FIRST_COMPLETED
-            )
-            for future in done:
-                future.result()  # a heatmap that cannot be written (disk full) stops the run
-        size, spec = self.scorer.size[0], self.scorer.scoring
-        self.pending.add(
-            asyncio.get_running_loop().run_in_executor(
-                self.scorer.decoders, _write_heatmap, result, self.folder, self.root, size, spec
-            )
-        )
-
-    async def finish(self) -> None:
-        await asyncio.gather(*self.pending)
-        self.pending.clear()
-
-
-async def _run(
-    paths: list[Path],
-    cfg: ScoreConfig,
-    writer: ResultWriter,
-    tally: Tally,
-    heatmaps: Path | None,
-    root: Path,
-    hot: HotFolder | None,
-    category_of: CategoryOf | None,
-) -> None:
-    scorer = Scorer(cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await scorer.start()
-        for note in scorer.pool.notes:
-            click.echo(note, err=True)
-        if heatmaps is not None and scorer.scoring is None:
-            raise ClientError(
-                f"model {cfg.model!r} publishes no calibration (built by an older dcam-build), "
-                "so heatmaps cannot share one scale per product: rebuild the repository"
-            )
-        tally.start = time.perf_counter()  # throughput of scoring, not of waiting for a server
-        heatmap_writer = (
-            HeatmapWriter(scorer, heatmaps, root, 2 * scorer.config.workers) if heatmaps else None
-        )
-        bar = tqdm(total=len(paths), unit="img", dynamic_ncols=True)
-        batches = [paths]
-        while batches and not stop.is_set():
-            async for result in scorer.stream(batches.pop(), category_of):
-                writer.write(result)
-                tally.add(result)
-                if heatmap_writer is not None and result.ok:
-                    await heatmap_writer.add(result)
-                bar.update(1)
-                bar.set_postfix(anomalous=tally.anomalous, failed=len(tally.failures))
-            while hot is not None and not batches and not stop.is_set():
-                new = hot.poll()
-                if new:
-                    bar.total += len(new)
-                    batches.append(new)
-                else:
-                    await asyncio.wait([asyncio.create_task(stop.wait())], timeout=1.0)
-        if heatmap_writer is not None:
-            await heatmap_writer.finish()
-        bar.close()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await scorer.close()
+from dcam.core.network import DEFAULT_METRICS_PORT
 
 
 @click.group()
@@ -144,10 +36,22 @@ def _d(name: str):
     return default(ScoreConfig, name)
 
 
+def _run(name: str):
+    return default(RunConfig, name)
+
+
 def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> ClientTls | None:
     if not (on or root or cert or key):
         return None
     return ClientTls(*(Path(p) if p else None for p in (root, cert, key)))
+
+
+def _configs(options: dict) -> tuple[ScoreConfig, RunConfig]:
+    """The score options as the two configs: RunConfig's by field name, the four --tls* options
+    as ScoreConfig's `tls`, the rest ScoreConfig's as they are."""
+    tls = _tls(*(options.pop(k) for k in ("tls_on", "tls_root_cert", "tls_cert", "tls_key")))
+    run = RunConfig(**{f.name: options.pop(f.name) for f in dataclasses.fields(RunConfig)})
+    return ScoreConfig(**options, tls=tls, keep_maps=run.heatmaps is not None), run
 
 
 @client_group.command("score", context_settings={"show_default": True})
@@ -159,7 +63,9 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
     help="Folder of images to score.",
 )
 @click.option("--recursive", is_flag=True, help="Also score images in sub-folders.")
-@click.option("--glob", "pattern", default="*", help="Only paths (relative to --dir) matching.")
+@click.option(
+    "--glob", "pattern", default=_run("pattern"), help="Only paths (relative to --dir) matching."
+)
 @click.option(
     "--url",
     "urls",
@@ -170,6 +76,7 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
 )
 @click.option(
     "--resolve-every",
+    "resolve_every_s",
     type=float,
     default=_d("resolve_every_s"),
     help="Seconds between resolutions of dns:/// names (replicas come and go).",
@@ -180,14 +87,14 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
 @click.option("--workers", type=int, default=_d("workers"), help="Decoders.")
 @click.option(
     "--output",
-    default="scores.jsonl",
+    default=_run("output"),
     type=click.Path(dir_okay=False),
     help="Results file, .jsonl or .csv, written as results arrive.",
 )
 @click.option(
     "--heatmaps",
     type=click.Path(file_okay=False),
-    default=None,
+    default=_run("heatmaps"),
     help="Folder for PNG heatmap overlays.",
 )
 @click.option(
@@ -207,12 +114,15 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
     help="Each image's product from its folder: <category>/test/... (MVTec) or <category>/...",
 )
 @click.option("--model", default=_d("model"))
-@click.option("--timeout", type=float, default=_d("timeout_s"), help="Per-request timeout, s.")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=_d("timeout_s"), help="Per-request timeout, s."
+)
 @click.option(
     "--retries", type=int, default=_d("retries"), help="Attempts per batch after the first."
 )
 @click.option(
     "--ready-timeout",
+    "ready_timeout_s",
     type=float,
     default=_d("ready_timeout_s"),
     help="How long to wait for a ready server at start.",
@@ -246,117 +156,36 @@ def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> Clien
 @click.option(
     "--api-key",
     envvar="DCAM_API_KEY",
-    default=None,
+    default=_d("api_key"),
     help="Key to the server's restricted APIs (dcam-serve --api-key); prefer DCAM_API_KEY.",
 )
 @click.option(
     "--summary-json",
     type=click.Path(dir_okay=False),
-    default=None,
+    default=_run("summary_json"),
     help="Also write the closing summary, with per-product anomaly rates, as JSON.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 @click.option("--watch", is_flag=True, help="Keep scoring new files as they land (Ctrl-C ends).")
 @reports_errors
-def score_command(
-    root: str,
-    recursive: bool,
-    pattern: str,
-    output: str,
-    heatmaps: str | None,
-    resume: bool,
-    retry_failed: bool,
-    force: bool,
-    watch: bool,
-    urls: tuple[str, ...],
-    protocol: str,
-    batch_size: int,
-    concurrency: int,
-    workers: int,
-    threshold: float | None,
-    category: str | None,
-    category_from_path: bool,
-    model: str,
-    timeout: float,
-    retries: int,
-    ready_timeout: float,
-    shared_memory: str,
-    tls_on: bool,
-    tls_root_cert: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    api_key: str | None,
-    resolve_every: float,
-    summary_json: str | None,
-) -> None:
+def score_command(**options) -> None:
     """Score every image under --dir; exit status 1 if any file failed."""
-    out = Path(output)
-    cfg = ScoreConfig(
-        urls=urls,
-        protocol=protocol,
-        model=model,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        workers=workers,
-        timeout_s=timeout,
-        retries=retries,
-        ready_timeout_s=ready_timeout,
-        threshold=threshold,
-        keep_maps=heatmaps is not None,
-        category=category,
-        shared_memory=shared_memory,
-        tls=_tls(tls_on, tls_root_cert, tls_cert, tls_key),
-        api_key=api_key,
-        resolve_every_s=resolve_every,
-    )
-    if category and category_from_path:
-        raise ConfigError("give --category or --category-from-path, not both")
-    category_of = (
-        functools.partial(files.category_from_path, root=Path(root)) if category_from_path else None
-    )
-    if retry_failed and not resume:
-        raise ConfigError("--retry-failed continues an output: give it with --resume")
-    writer, done = open_results(out, resume, force, retry_failed)
-    folders: list[Path] = []  # named like images but folders: reported, not scored
-    listed = list_files(Path(root), recursive, pattern, skipped=folders)
-    paths = [p for p in listed if os.fsdecode(p) not in done]
-    hot = (
-        HotFolder(Path(root), recursive, pattern, done | {os.fsdecode(p) for p in paths})
-        if watch
-        else None
-    )
-    tally = Tally()
-    with writer:
-        asyncio.run(
-            _run(
-                paths,
-                cfg,
-                writer,
-                tally,
-                Path(heatmaps) if heatmaps else None,
-                Path(root),
-                hot,
-                category_of,
-            )
-        )
-    click.echo(tally.summary() + (f"\n(skipped {len(done)} already in {out})" if done else ""))
-    if summary_json:
-        tally.write_json(Path(summary_json))
-    if folders:
-        names = ", ".join(os.fsdecode(f) for f in folders[:5])
-        names += ", ..." if len(folders) > 5 else ""
-        click.echo(f"skipped {len(folders)} folders named like images (not files): {names}")
-    # The exit status is what the output holds: with --resume, failures kept from earlier runs
-    # count too, and files scored now replace their earlier failed rows.
-    failures = (
-        [(r["path"], r["error"]) for r in compact(out) if has_error(r)]
-        if resume
-        else [(f.path, f.error) for f in tally.failures]
-    )
-    if failures:
-        for path, error in failures[:50]:
+    cfg, run = _configs(options)
+    _report(score_folder(cfg, run, note=lambda line: click.echo(line, err=True)), run)
+
+
+def _report(outcome: Outcome, run: RunConfig) -> None:
+    """The closing summary, the folders skipped and the failures; exit status 1 with any."""
+    skipped = f"\n(skipped {outcome.skipped} already in {run.output})" if outcome.skipped else ""
+    click.echo(outcome.tally.summary() + skipped)
+    if outcome.folders:
+        names = ", ".join(os.fsdecode(f) for f in outcome.folders[:5])
+        names += ", ..." if len(outcome.folders) > 5 else ""
+        click.echo(f"skipped {len(outcome.folders)} folders named like images (not files): {names}")
+    if outcome.failures:
+        for path, error in outcome.failures[:50]:
             click.echo(f"FAILED {path}: {error}", err=True)
-        click.echo(f"{len(failures)} failed files in {out}", err=True)
+        click.echo(f"{len(outcome.failures)} failed files in {run.output}", err=True)
         raise SystemExit(1)
 
 
@@ -381,8 +210,9 @@ def auroc_command(results: str) -> None:
 @client_group.command("status", context_settings={"show_default": True})
 @click.option(
     "--metrics-url",
-    default="http://127.0.0.1:8002/metrics",
-    help="Triton's metrics endpoint (dcam-serve --metrics-port; port 8002 of a pod).",
+    default=f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics",
+    help="Triton's metrics endpoint (dcam-serve --metrics-port; port "
+    f"{DEFAULT_METRICS_PORT} of a pod).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @reports_errors

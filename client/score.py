@@ -23,6 +23,7 @@ from dcam.client.triton import ServerPool
 from dcam.core.errors import ClientError, ConfigError, ImageError, RetryableError
 from dcam.core.images import load_image
 from dcam.core.names import ANOMALY_MAP, DECISION_OUTPUTS, IS_ANOMALOUS, OUTPUTS, SCORE
+from dcam.core.network import DEFAULT_GRPC_PORT
 from dcam.core.scoring import ScoringSpec, request_parameters
 
 
@@ -30,7 +31,7 @@ from dcam.core.scoring import ScoringSpec, request_parameters
 class ScoreConfig:
     """How to score; `dcam-client score` flags map onto these fields and take their defaults."""
 
-    urls: tuple[str, ...] = ("127.0.0.1:8001",)
+    urls: tuple[str, ...] = (f"127.0.0.1:{DEFAULT_GRPC_PORT}",)
     protocol: str = "grpc"  # grpc by default; http on request
     model: str = "dcam"
     batch_size: int = 8

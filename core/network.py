@@ -6,6 +6,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+# Triton's own default ports, which dcam-serve keeps on the command line and clients dial.
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+
 
 def is_loopback(host: str) -> bool:
     """True when every address `host` resolves to is a loopback address (127/8, ::1).

@@ -1,8 +1,8 @@
 """Command line: `dcam-serve REPO`, the embedded tritonserver until Ctrl-C or SIGTERM.
 
 Options map onto `ServerConfig` and take its defaults, except the ports, whose command-line
-defaults are Triton's own (8000/8001/8002) where the library picks free ports. Only this layer
-turns library errors into messages and exit codes.
+defaults are Triton's own (8000/8001/8002, core/network.py) where the library picks free ports.
+Only this layer turns library errors into messages and exit codes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ import click
 
 from dcam.core.cli import EXISTING_FILE, default, reports_errors
 from dcam.core.errors import ConfigError, ServerError
-from dcam.core.network import is_loopback
+from dcam.core.network import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    is_loopback,
+)
 from dcam.serve.security import RESTRICTED_APIS, GrpcTls
 from dcam.serve.server import ServerConfig, TritonServer
 
@@ -23,9 +28,9 @@ from dcam.serve.server import ServerConfig, TritonServer
 @click.command(context_settings={"show_default": True})
 @click.argument("repo", type=click.Path(file_okay=False, exists=True))
 @click.option("--host", default=default(ServerConfig, "host"), help="Address to bind.")
-@click.option("--http-port", type=int, default=8000)
-@click.option("--grpc-port", type=int, default=8001)
-@click.option("--metrics-port", type=int, default=8002)
+@click.option("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+@click.option("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
+@click.option("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
 @click.option("--ready-timeout", type=float, default=default(ServerConfig, "ready_timeout_s"))
 @click.option("--log-verbose", type=int, default=default(ServerConfig, "log_verbose"))
 @click.option(

@@ -13,11 +13,8 @@ from dcam.training.cli import train_command
 
 def test_synth_writes_dataset_and_refuses_non_empty(tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    args = [
-        "synth",
-        str(out),
-        "--categories",
-        "grid,capsule",
+    args = ["synth", str(out), "--categories", "grid,capsule"]
+    args += [
         "--size",
         "64",
         "--n-train",
@@ -45,11 +42,8 @@ def test_synth_unknown_category(tmp_path: Path) -> None:
 
 def test_train_command_end_to_end(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [
-        "--data",
-        str(synthetic_root),
-        "--out",
-        str(out),
+    args = ["--data", str(synthetic_root), "--out", str(out)]
+    args += [
         "--teacher",
         "random",
         "--image-size",
@@ -60,13 +54,8 @@ def test_train_command_end_to_end(synthetic_root: Path, tmp_path: Path) -> None:
         "8",
         "--dcam",
         "spatial",
-        "--dcam-mode",
-        "side",
-        "--losses",
-        "cosine,spatial_cosine",
-        "--device",
-        "cpu",
     ]
+    args += ["--dcam-mode", "side", "--losses", "cosine,spatial_cosine", "--device", "cpu"]
     result = CliRunner().invoke(train_command, args)
     assert result.exit_code == 0, result.output
     assert "| **mean** |" in result.output
@@ -92,3 +81,17 @@ def test_train_command_errors_are_messages(synthetic_root: Path, tmp_path: Path)
     )
     assert no_weights.exit_code == 1 and "missing.pth" in no_weights.output
     assert "Traceback" not in no_weights.output
+
+
+def test_train_teacher_auto_says_which_and_why(monkeypatch, tmp_path: Path) -> None:
+    """--teacher auto offline: one line naming the shipped formula teacher and the reason,
+    before anything else happens (here: the data folder is then found missing)."""
+    from dcam.teacher import sources
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(sources, "_unreachable", lambda host, port=443: "no network (test)")
+    args = ["--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(train_command, [*args, "--teacher", "auto"])
+    assert result.exit_code != 0 and "no-such-data" in result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("teacher: formula (") and "no network (test)" in first

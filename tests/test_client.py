@@ -227,43 +227,23 @@ def test_rows_written_before_errors_were_classified_resume_sensibly() -> None:
     assert is_settled({"path": "a", "error": "x", "retryable": "False"})
 
 
+def _score_good_nuts(root: Path, url: str, out: Path, *options: str):
+    """`dcam-client score` on the nut product's good test images, through CliRunner."""
+    args = ["score", "--dir", str(root / "nut" / "test" / "good"), "--url", url]
+    return CliRunner().invoke(client_group, [*args, *options, "--output", str(out)])
+
+
 def test_no_server_at_start(tmp_path: Path, synthetic_root: Path) -> None:
-    result = CliRunner().invoke(
-        client_group,
-        [
-            "score",
-            "--dir",
-            str(synthetic_root / "nut" / "test" / "good"),
-            "--url",
-            f"127.0.0.1:{free_port()}",
-            "--ready-timeout",
-            "2",
-            "--output",
-            str(tmp_path / "s.jsonl"),
-        ],
-    )
+    url = f"127.0.0.1:{free_port()}"
+    result = _score_good_nuts(synthetic_root, url, tmp_path / "s.jsonl", "--ready-timeout", "2")
     assert result.exit_code == 1
     assert "no server with model 'dcam' ready" in result.output
 
 
 def test_request_timeout_is_a_per_file_error(server, synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "s.jsonl"
-    result = CliRunner().invoke(
-        client_group,
-        [
-            "score",
-            "--dir",
-            str(synthetic_root / "nut" / "test" / "good"),
-            "--url",
-            server.grpc_url,
-            "--timeout",
-            "0.0001",
-            "--retries",
-            "1",
-            "--output",
-            str(out),
-        ],
-    )
+    options = ("--timeout", "0.0001", "--retries", "1")
+    result = _score_good_nuts(synthetic_root, server.grpc_url, out, *options)
     assert result.exit_code == 1
     rows = read_results(out)
     assert rows and all("inference failed" in r["error"] for r in rows)
@@ -369,6 +349,20 @@ def test_watch_scores_files_as_they_land(server, synthetic_root: Path, tmp_path:
 def test_client_never_imports_torch() -> None:
     code = "import sys, dcam.client.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_score_options_are_the_fields_of_score_and_run_configs() -> None:
+    """Each `score` option is a field of one config; the four --tls* options make `tls`, and
+    --heatmaps makes `keep_maps`."""
+    from dataclasses import fields
+
+    from dcam.client.run import RunConfig
+
+    options = {p.name for p in client_group.commands["score"].params}
+    run = {f.name for f in fields(RunConfig)}
+    score = {f.name for f in fields(ScoreConfig)} - {"tls", "keep_maps"}
+    assert not run & score
+    assert options == run | score | {"tls_on", "tls_root_cert", "tls_cert", "tls_key"}
 
 
 def test_dead_server_among_several_is_taken_out(server, synthetic_root: Path) -> None:
