@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dcam.build.config import BuildConfig
-from dcam.core import anomaly_map, batching, drift, scoring
+from dcam.core import anomaly_map, batching, calibration, drift, scoring
 from dcam.core.drift import DRIFT_PARAMETER, DriftSpec
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
@@ -47,10 +47,11 @@ POSTPROCESS_OUTPUTS = [
     (SCORE, "float32", [1]),
     (IS_ANOMALOUS, "bool", [1]),
 ]
-# Copied beside every Python-backend model: the scoring rule, the request batching, the drift
-# rule, and the adapter that publishes line metrics through the Python backend.
-SUPPORT_MODULES = (anomaly_map, scoring, batching, drift)
-SUPPORT_TEMPLATES = ("line_metrics.py",)
+# Copied beside every Python-backend model: the scoring rule and the calibrator that owns the
+# decision, the request batching, the drift rule; the adapter that publishes line metrics and
+# the steps every Triton model shares (parameters, spec, one response per request).
+SUPPORT_MODULES = (anomaly_map, calibration, scoring, batching, drift)
+SUPPORT_TEMPLATES = ("line_metrics.py", "triton_model.py")
 
 
 def _tensors(cls: type, tensors: list[dict]) -> list:

@@ -6,28 +6,25 @@ run as one batch. Tensor names and types come from config.pbtxt (written by dcam
 the parameter intra_op_threads. A failed batch answers each of its requests with the error.
 """
 
-import json
 import os
 
 import batching
 import numpy as np
 import onnxruntime as ort
+import triton_model
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        config, params = triton_model.read_config(args)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(self.params.get("intra_op_threads", "0"))
+        opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         opts.inter_op_num_threads = 1
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in config["input"]]
-        self.dtypes = {
-            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
-        }
+        self.dtypes = triton_model.output_dtypes(config)
 
     def execute(self, requests):
         names = list(self.dtypes)

@@ -13,16 +13,16 @@ deploy/images/torch-postprocess.Dockerfile derives (the fused layout needs none)
 Each request is normalised with the calibration of the product its `category` parameter
 names (the global one without it; an unknown name is that request's error), and its
 `threshold` parameter overrides the calibrated threshold. Each product's counts, scores and
-drift go to Triton's metrics port (`line_metrics.py`), when the build turned them on.
+drift go to Triton's metrics port (`line_metrics.py`), when the build turned them on: that
+judgement and the metrics are `triton_model.py`'s, shared with the fused layout's calibrate.
 """
 
-import json
+import functools
 
 import batching
-import drift
-import line_metrics
 import numpy as np
 import scoring
+import triton_model
 import triton_python_backend_utils as pb_utils
 
 try:  # BLAS threads that spin beside busy ONNX Runtime/TensorRT instances cost 50x here
@@ -60,28 +60,16 @@ def _to_tensor(name: str, value, dtype, torch):
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        config, params = triton_model.read_config(args)
+        self.judge = triton_model.Judge(args, config, params)
         self.teacher = params["teacher_inputs"].split(",")
         self.student = params["student_inputs"].split(",")
-        self.spec = scoring.ScoringSpec.from_json(params[scoring.SCORING_PARAMETER])
         self.roles = {
             "maps": params["map_output"],
             "score": params["score_output"],
             "decision": params["decision_output"],
         }
-        self.dtypes = {
-            name: pb_utils.triton_string_to_numpy(
-                pb_utils.get_output_config_by_name(config, name)["data_type"]
-            )
-            for name in self.roles.values()
-        }
-        self.metrics = None
-        if drift.DRIFT_PARAMETER in params:
-            spec = drift.DriftSpec.from_json(params[drift.DRIFT_PARAMETER])
-            self.metrics = line_metrics.LineMetrics(
-                spec, self.spec, config, args["model_instance_name"]
-            )
+        self.dtypes = triton_model.output_dtypes(config)
         self.torch = None
         if params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes") == "no":
             self.torch = _import_torch()
@@ -91,7 +79,7 @@ class TritonPythonModel:
                 [int(d) for d in pb_utils.get_input_config_by_name(config, n)["dims"]]
                 for n in self.teacher
             ]
-            scoring.warm_up(self.spec, shapes, device)  # matrices on the device before capture
+            scoring.warm_up(self.judge.spec, shapes, device)  # matrices there before capture
         if threadpool_limits is not None:
             self._blas = threadpool_limits(int(params.get("blas_threads", "1")), user_api="blas")
         else:
@@ -111,31 +99,24 @@ class TritonPythonModel:
             )
             batch = batching.join(per_request)
             k = len(self.teacher)
-            scored = scoring.score(self.spec, batch[:k], batch[k:])
+            scored = scoring.score(self.judge.spec, batch[:k], batch[k:])
         except Exception as exc:  # a failed batch answers every request with the error
             error = pb_utils.TritonError(f"post-processing failed: {exc}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
         parts = batching.split(
             {"maps": scored.maps, "raw": scored.raw}, batching.sizes(per_request)
         )
-        responses = [self._respond(r, part) for r, part in zip(requests, parts, strict=True)]
-        if self.metrics is not None:
-            self.metrics.publish()
+        responses = [
+            self.judge.respond(r, part.pop("raw"), functools.partial(self._tensors, part))
+            for r, part in zip(requests, parts, strict=True)
+        ]
+        self.judge.publish()
         return responses
 
-    def _respond(self, request, part):
-        """One response per request: its slice under its product's calibration and threshold,
-        or its own error."""
-        try:
-            params = json.loads(request.parameters() or "{}")
-            score, decision = scoring.judge_request(self.spec, part.pop("raw"), params)
-        except ValueError as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-        if self.metrics is not None:
-            self.metrics.observe(scoring.request_category(params), score, decision)
+    def _tensors(self, part, score, decision):
+        """A request's slice of the map with its score and decision, as output tensors."""
         part.update(score=score[:, None], decision=decision[:, None])
-        tensors = [
+        return [
             _to_tensor(self.roles[role], value, self.dtypes[self.roles[role]], self.torch)
             for role, value in part.items()
         ]
-        return pb_utils.InferenceResponse(output_tensors=tensors)

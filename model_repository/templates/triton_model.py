@@ -1,0 +1,59 @@
+"""What the Triton Python-backend models share: their config.pbtxt read once, and the per-request
+judgement of the models that judge images (postprocess, and calibrate in the fused layout).
+
+Copied beside each model.py at build time, as `line_metrics.py` (Triton puts the version folder
+on sys.path). `Judge` holds the scoring record from the model's parameters and the line metrics
+when the build turned them on; `Judge.respond` turns one request's raw image scores into its one
+response: its parameters, `scoring.judge_request`, `LineMetrics.observe`, then the model's own
+output tensors, or that request's own error (an unknown product, a malformed threshold).
+"""
+
+import json
+
+import drift
+import line_metrics
+import scoring
+import triton_python_backend_utils as pb_utils
+
+
+def read_config(args):
+    """The model's config.pbtxt as a dict, and its parameters as {name: string value}."""
+    config = json.loads(args["model_config"])
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    return config, params
+
+
+def output_dtypes(config):
+    """{output name: numpy dtype} from the config's outputs."""
+    return {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+
+
+class Judge:
+    def __init__(self, args, config, params):
+        """The scoring record from its parameter, and the line metrics when the build wrote
+        the drift rule (`--no-line-metrics` leaves it out)."""
+        self.spec = scoring.ScoringSpec.from_json(params[scoring.SCORING_PARAMETER])
+        self.metrics = None
+        if drift.DRIFT_PARAMETER in params:
+            spec = drift.DriftSpec.from_json(params[drift.DRIFT_PARAMETER])
+            self.metrics = line_metrics.LineMetrics(
+                spec, self.spec, config, args["model_instance_name"]
+            )
+
+    def respond(self, request, raw, tensors):
+        """One response per request: its raw scores under its product's calibration and
+        threshold, observed by the line metrics, and `tensors(score, decision)` as outputs; or
+        the request's own error."""
+        try:
+            params = json.loads(request.parameters() or "{}")
+            score, decision = scoring.judge_request(self.spec, raw, params)
+        except ValueError as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        if self.metrics is not None:
+            self.metrics.observe(scoring.request_category(params), score, decision)
+        return pb_utils.InferenceResponse(output_tensors=tensors(score, decision))
+
+    def publish(self):
+        """Send the batch's line metrics, when the model has them."""
+        if self.metrics is not None:
+            self.metrics.publish()
