@@ -1,4 +1,4 @@
-# The README's two commands are `make demo` and `make test`; both set everything up themselves.
+# The README's commands: `make demo`, `make test` and the fast lane `make check`; each sets up all it needs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ DEMO_METRICS ?= 18002
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
 
-.PHONY: setup demo test lint fix bench-accuracy bench-throughput bench-transport bench-soak bench-line-metrics smoke-gpu clean
+.PHONY: setup demo test check lint fix bench-accuracy bench-throughput bench-transport bench-soak bench-line-metrics smoke-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -28,11 +28,11 @@ $(VENV)/.installed: pyproject.toml
 # Triton model repository (CPU target), verify it in the real tritonserver, serve it, score the
 # test images with dcam-client (scores, decisions, heatmaps), the line status from Triton's metrics,
 # and AUROC from the client's own output.
-# The teacher is the shipped license-clean one because nothing can be downloaded here; with
-# ImageNet weights available, drop --teacher formula.
+# --teacher auto: ImageNet weights where cached or downloadable, else the shipped license-clean
+# formula teacher; it says which and why, and the run's manifest records it.
 demo: setup
 	$(BIN)/dcam-data synth $(DEMO_DATA) --size $(DEMO_SIZE) --n-train 40 --seed 0 --force
-	$(BIN)/dcam-train --data $(DEMO_DATA) --out $(DEMO_RUN) --teacher formula \
+	$(BIN)/dcam-train --data $(DEMO_DATA) --out $(DEMO_RUN) --teacher auto \
 	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --force
 	$(BIN)/dcam-build engines $(DEMO_RUN) --out $(DEMO_REPO) --force
 	$(BIN)/dcam-build verify $(DEMO_REPO)
@@ -50,6 +50,12 @@ demo: setup
 test: setup
 	bash .ci/disk-check.sh 3 "$${TMPDIR:-/tmp}" "the test run"
 	$(BIN)/python -m pytest
+
+# The fast lane: ruff and the tests that need no server and no training (tests/conftest.py marks
+# those using a trained run or a built repository `training`); `make test` runs them all.
+check: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && \
+	  $(BIN)/python -m pytest -q -m "not triton and not slow and not training" -p no:cacheprovider
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -12,21 +12,20 @@ from dcam.training.config import TrainConfig
 
 torch.set_num_threads(2)
 
+# Two products, a few images each: enough for every stage to run, small enough for CPU tests.
+SYNTHETIC = {
+    "categories": ["carpet", "nut"],
+    "n_train": 12,
+    "n_test_good": 3,
+    "n_test_per_defect": 2,
+}
 TINY = {"image_size": 64, "batch_size": 8, "teacher": "random", "device": "cpu", "sigma": 2.0}
 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(
-        root,
-        categories=["carpet", "nut"],
-        n_train=12,
-        n_test_good=3,
-        n_test_per_defect=2,
-        size=64,
-        seed=1,
-    )
+    generate_dataset(root, **SYNTHETIC, size=64, seed=1)
     return root
 
 
@@ -88,3 +87,42 @@ def trt_pod_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("repos") / "trt-pod"
     build_repository(BuildConfig(run_dir=str(tiny_run), out=str(out), target="trt", plans="pod"))
     return out
+
+
+# Fixtures that train a model (or pretrain a teacher) or build a repository: a test using one,
+# directly or through another fixture, is marked `training`, so `make check` leaves it to
+# `make test`. `line` (test_line_metrics.py) trains and serves; `tiny_pretrain`
+# (test_fractal.py) pretrains a teacher.
+TRAINING_FIXTURES = frozenset(
+    {
+        "tiny_run",
+        "ensemble_repo",
+        "fused_repo",
+        "gpu_input_repo",
+        "trt_pod_repo",
+        "line",
+        "tiny_pretrain",
+    }
+)
+# Tests that train (or run the GPU check's CPU smoke) inside their own body: each took 4 s to
+# minutes here (pytest --durations).
+TRAINING_TESTS = frozenset(
+    {
+        "tests/test_train.py::test_auto_teacher_is_recorded_and_kept_on_resume",
+        "tests/test_cli.py::test_train_command_end_to_end",
+        "tests/test_fractal.py::test_train_with_formula_teacher_offline",
+        "tests/test_gpu_check.py::test_gpu_check_cpu_smoke_without_install_or_git",
+        "tests/test_train.py::test_resume_continues_exactly",
+        "tests/test_train.py::test_a_few_steps_lower_the_loss",
+        "tests/test_train.py::test_adapted_teacher_is_what_ships",
+        "tests/test_benchmarks.py::test_teacher_study_ranks_teachers_over_data_sets",
+        "tests/test_formulas.py::test_cli_pretrains_on_each_family_and_records_it",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if TRAINING_FIXTURES.intersection(fixtures) or item.nodeid in TRAINING_TESTS:
+            item.add_marker(pytest.mark.training)
