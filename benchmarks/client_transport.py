@@ -20,7 +20,6 @@ Run: `.venv/bin/python benchmarks/client_transport.py` (about 5 minutes on 2 CPU
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -147,11 +146,7 @@ def report(payload: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_client_load_arguments(p, rounds=5)
-    args = p.parse_args()
-    work = common.work_folder(args, "dcam-bench-")
-    run = common.benchmark_run(work, args.size)
+    args, work, run = common.client_load_setup(__doc__, rounds=5)
     repos = {
         "default": build(run, work, args.layout),
         "queue_policy": build(run, work, args.layout, "-queue-policy", queue_timeout_ms=3000),
@@ -159,12 +154,7 @@ def main() -> None:
     paths = common.production_files(work / "line", args.images, args.size)
     result = measure(repos, paths, work, args.size, args.rounds)
     payload = {
-        "tag": args.tag,
-        "size": args.size,
-        "images": len(paths),
-        "rounds": args.rounds,
-        "layout": args.layout,
-        "stamp": common.stamp(),
+        **common.client_load_head(args, len(paths)),
         "summary": summarise(result),
         "interleaved": result,
     }

@@ -87,6 +87,27 @@ def add_client_load_arguments(parser: argparse.ArgumentParser, rounds: int) -> N
     add_run_arguments(parser)
 
 
+def client_load_setup(doc: str, rounds: int) -> tuple[argparse.Namespace, Path, Path]:
+    """A client-load benchmark's start: its arguments, work folder and training run."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_client_load_arguments(parser, rounds=rounds)
+    args = parser.parse_args()
+    work = work_folder(args, "dcam-bench-")
+    return args, work, benchmark_run(work, args.size)
+
+
+def client_load_head(args: argparse.Namespace, images: int) -> dict:
+    """The fields every client-load result starts with: what ran, on which machine."""
+    return {
+        "tag": args.tag,
+        "size": args.size,
+        "images": images,
+        "rounds": args.rounds,
+        "layout": args.layout,
+        "stamp": stamp(),
+    }
+
+
 def work_folder(args: argparse.Namespace, prefix: str) -> Path:
     work = Path(args.work or tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)

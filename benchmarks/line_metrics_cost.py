@@ -11,7 +11,6 @@ Run: `.venv/bin/python benchmarks/line_metrics_cost.py` (about 5 minutes on 2 CP
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -71,11 +70,7 @@ def report(payload: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_client_load_arguments(p, rounds=7)
-    args = p.parse_args()
-    work = common.work_folder(args, "dcam-bench-")
-    run = common.benchmark_run(work, args.size)
+    args, work, run = common.client_load_setup(__doc__, rounds=7)
     repos = {}
     for name, on in BUILDS.items():
         repos[name] = work / name
@@ -89,12 +84,7 @@ def main() -> None:
     rates = measure(repos, paths, work, args.rounds)
     median = {k: statistics.median(v) for k, v in rates.items()}
     payload = {
-        "tag": args.tag,
-        "size": args.size,
-        "images": len(paths),
-        "rounds": args.rounds,
-        "layout": args.layout,
-        "stamp": common.stamp(),
+        **common.client_load_head(args, len(paths)),
         "images_per_s": median,
         "rates": rates,
         "on_over_off": median["metrics_on"] / median["metrics_off"],

@@ -112,12 +112,14 @@ def build_here(repo: Path, recipe: dict, cfg: BuildConfig, report: dict) -> None
         graph = repo / (model["onnx_fp16"] if major == 11 else model["onnx"])
         shapes = {model["input"]: tuple(tuple(s) for s in model["shapes"])}
         build(
-            graph,
-            repo / model["plan"],
-            shapes,
-            cfg.workspace_mib,
-            cfg.timing_cache_path(),
-            cfg.hardware_compatibility,
+            trt.PlanSpec(
+                graph,
+                repo / model["plan"],
+                shapes,
+                cfg.workspace_mib,
+                cfg.timing_cache_path(),
+                cfg.hardware_compatibility,
+            )
         )
     for name, errors in check_plans(repo, cfg.fp16_tolerance).items():
         report["models"][name]["tensorrt_vs_onnxruntime_fp32_cpu"] = errors

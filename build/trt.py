@@ -9,6 +9,7 @@ with nothing but trtexec, is build/plans.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from dcam.build import plans
@@ -61,18 +62,24 @@ def gpu_info(hardware: str) -> dict:
     }
 
 
-def build_engine_python(
-    onnx_path: Path,
-    plan_path: Path,
-    shapes: dict[str, tuple],
-    workspace_mib: int,
-    timing_cache: Path,
-    hardware: str = "none",
-) -> None:
+@dataclass(frozen=True)
+class PlanSpec:
+    """One plan to build: its graph, where it goes, the input's (min, opt, max) shapes, the
+    builder's workspace, the timing cache shared across builds, the compatibility level."""
+
+    onnx_path: Path
+    plan_path: Path
+    shapes: dict[str, tuple]
+    workspace_mib: int
+    timing_cache: Path
+    hardware: str = "none"
+
+
+def build_engine_python(spec: PlanSpec) -> None:
     """Parse ONNX, set a profile over batch, persist the timing cache, write the plan.
 
-    TensorRT 11 networks are always strongly typed and its FP16 flag is gone: `onnx_path` is
-    the FP16 graph (build/precision.py), whose types the builder keeps. TensorRT 10 gets the
+    TensorRT 11 networks are always strongly typed and its FP16 flag is gone: `spec.onnx_path`
+    is the FP16 graph (build/precision.py), whose types the builder keeps. TensorRT 10 gets the
     FP32 graph and the FP16 builder flag (weak typing: TensorRT picks each layer's precision).
     """
     import tensorrt as trt
@@ -82,32 +89,33 @@ def build_engine_python(
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 11: strongly typed whatever the flags
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(spec.onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors}")
+        raise BuildError(f"TensorRT's ONNX parser rejected {spec.onnx_path}:\n{errors}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mib << 20)
     if major == 10:
         _weak_fp16(config, trt)
-    if hardware != "none":
-        level = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[hardware]
+    if spec.hardware != "none":
+        level = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[spec.hardware]
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
     profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
+    for name, (low, opt, high) in spec.shapes.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    cache_file = spec.timing_cache
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.exists() else b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         raise BuildError(
-            f"TensorRT refused the timing cache {timing_cache} (made by another TensorRT version "
+            f"TensorRT refused the timing cache {cache_file} (made by another TensorRT version "
             "or GPU); delete it or pass another --timing-cache"
         )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise BuildError(f"TensorRT returned no engine for {onnx_path} (see the log above)")
-    plan_path.write_bytes(bytes(plan))
+        raise BuildError(f"TensorRT returned no engine for {spec.onnx_path} (see the log above)")
+    spec.plan_path.write_bytes(bytes(plan))
     cache_bytes = bytes(config.get_timing_cache().serialize())
-    write_atomic(timing_cache, lambda fh: fh.write(cache_bytes))  # shared across builds
+    write_atomic(cache_file, lambda fh: fh.write(cache_bytes))  # shared across builds
 
 
 def _weak_fp16(config, trt) -> None:
@@ -123,25 +131,18 @@ def _weak_fp16(config, trt) -> None:
     config.set_flag(trt.BuilderFlag.FP16)
 
 
-def build_engine_trtexec(
-    onnx_path: Path,
-    plan_path: Path,
-    shapes: dict[str, tuple],
-    workspace_mib: int,
-    timing_cache: Path,
-    hardware: str = "none",
-) -> None:
+def build_engine_trtexec(spec: PlanSpec) -> None:
     """The same build through trtexec (the command build_plans.py runs in the container)."""
     version = installed_tensorrt() or plans.tensorrt_version(find_trtexec())
     cmd = plans.trtexec_command(
         find_trtexec(),
-        str(onnx_path),
-        str(plan_path),
-        {name: [list(s) for s in three] for name, three in shapes.items()},
-        workspace_mib,
-        str(timing_cache),
+        str(spec.onnx_path),
+        str(spec.plan_path),
+        {name: [list(s) for s in three] for name, three in spec.shapes.items()},
+        spec.workspace_mib,
+        str(spec.timing_cache),
         require_supported_tensorrt(version),
-        hardware,
+        spec.hardware,
     )
     try:
         plans.run(cmd)

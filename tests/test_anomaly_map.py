@@ -40,14 +40,23 @@ def test_cosine_distance_matches_torch() -> None:
     assert amap.cosine_distance(t.astype(np.float16), s.astype(np.float16)).dtype == np.float32
 
 
-def test_anomaly_map_combines_levels() -> None:
-    rng = np.random.default_rng(3)
-    t = [rng.normal(size=(1, 4, 8, 8)), rng.normal(size=(1, 4, 4, 4))]
-    s = [rng.normal(size=(1, 4, 8, 8)), rng.normal(size=(1, 4, 4, 4))]
-    levels = [
-        amap.resize_bilinear(amap.cosine_distance(a, b), (16, 16))
+def _two_levels(seed: int, batch: int, size: int) -> tuple[list, list]:
+    """Random teacher and student features of two levels, size and size / 2."""
+    rng = np.random.default_rng(seed)
+    shapes = [(batch, 4 * batch, size, size), (batch, 4 * batch, size // 2, size // 2)]
+    return [rng.normal(size=s) for s in shapes], [rng.normal(size=s) for s in shapes]
+
+
+def _upsampled(t: list, s: list, size: int) -> list:
+    return [
+        amap.resize_bilinear(amap.cosine_distance(a, b), (size, size))
         for a, b in zip(t, s, strict=True)
     ]
+
+
+def test_anomaly_map_combines_levels() -> None:
+    t, s = _two_levels(3, 1, 8)
+    levels = _upsampled(t, s, 16)
     np.testing.assert_allclose(amap.anomaly_map(t, s, (16, 16)), levels[0] + levels[1], rtol=1e-6)
     np.testing.assert_allclose(
         amap.anomaly_map(t, s, (16, 16), "product"), levels[0] * levels[1], rtol=1e-6
@@ -84,13 +93,8 @@ def test_torch_tensors_give_the_numpy_result() -> None:
 
 
 def test_folded_smoothing_equals_resize_then_blur() -> None:
-    rng = np.random.default_rng(5)
-    t = [rng.normal(size=(2, 8, 16, 16)), rng.normal(size=(2, 8, 8, 8))]
-    s = [rng.normal(size=(2, 8, 16, 16)), rng.normal(size=(2, 8, 8, 8))]
-    levels = [
-        amap.resize_bilinear(amap.cosine_distance(a, b), (64, 64))
-        for a, b in zip(t, s, strict=True)
-    ]
+    t, s = _two_levels(5, 2, 16)
+    levels = _upsampled(t, s, 64)
     expected = amap.gaussian_smooth(levels[0] + levels[1], 3.0)
     np.testing.assert_allclose(
         amap.anomaly_map(t, s, (64, 64), "sum", 3.0), expected, rtol=1e-5, atol=1e-6
