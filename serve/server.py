@@ -1,21 +1,18 @@
 """Start and stop the real `tritonserver` that ships in the `nvidia-pytriton` wheel.
 
-For machines without Docker or a GPU: the wheel carries a Triton 2.51 binary, the Python backend
-and per-Python stubs. We lay them out in a work folder as Triton expects (the stub for this
-interpreter under backends/python), put this virtualenv's bin/ first on PATH so the stub's
-interpreter sees its site-packages, bind to 127.0.0.1, and wait until the models are ready.
+For machines without Docker or a GPU: `serve/runtime.py` lays the wheel's server out in a work
+folder with this interpreter's stub, checked to load; here we bind to 127.0.0.1, start it in its
+own process group, and wait until the models are ready.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -26,6 +23,7 @@ from pathlib import Path
 from dcam.core.errors import ServerError
 from dcam.core.network import address_url
 from dcam.serve.compat import check_embedded_server_can_serve
+from dcam.serve.runtime import prepare_runtime, server_env
 from dcam.serve.security import GrpcTls, restricted_api_args
 from dcam.serve.shm import Freed, remove_stale_regions
 
@@ -49,27 +47,6 @@ class ServerConfig:
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _pytriton_root() -> Path:
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError("nvidia-pytriton is not installed: pip install 'nvidia-pytriton==0.7.0'")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def prepare_runtime(work: Path) -> Path:
-    """Lay out bin/, backends/ and caches/ with this interpreter's Python stub; returns work."""
-    src = _pytriton_root() / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = src / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise ServerError(f"the pytriton wheel has no Python backend stub for Python {version}")
-    shutil.copytree(
-        src, work, ignore=shutil.ignore_patterns("python_backend_stubs"), dirs_exist_ok=True
-    )
-    shutil.copy2(stub, work / "backends" / "python" / "triton_python_backend_stub")
-    return work
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -79,16 +56,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex((host, port)) == 0
-
-
-def server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    libs = _pytriton_root().parent / "nvidia_pytriton.libs"
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # Python-backend stubs share the cores with each other: spinning BLAS pools oversubscribe.
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return env
 
 
 def _dialable(host: str, port: int) -> str:
