@@ -1,6 +1,8 @@
 # The README's commands: `make demo`, `make test` and the fast lane `make check`; each sets up all it needs.
+# Any Python 3.10 to 3.13 (docs/operations.md, "Pythons"): make demo PYTHON=python3.13 builds
+# .venv-python3.13 beside the default interpreter's .venv.
 PYTHON ?= python3
-VENV ?= .venv
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
 EXTRAS ?= training,build,client,bench,dev
 DEMO_DATA ?= data/demo
@@ -12,16 +14,23 @@ DEMO_METRICS ?= 18002
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
 
-.PHONY: setup demo test check lint fix bench-accuracy bench-throughput bench-transport bench-soak bench-line-metrics smoke-gpu clean
+.PHONY: setup python-check demo test check lint fix bench-accuracy bench-throughput bench-transport bench-soak bench-line-metrics smoke-gpu clean
 
-setup: $(VENV)/.installed
+setup: python-check $(VENV)/.installed
 
+# In the first second: an interpreter that cannot run the project, or a VENV of another version.
+python-check:
+	@bash .ci/python-check.sh '$(PYTHON)' '$(VENV)' >/dev/null
+
+# The last step installs the embedded tritonserver's wheel without its numpy<2 pin: for 3.13,
+# where numpy 1 has no wheels (its binary needs no numpy); below 3.13 the serve extra has it.
 $(VENV)/.installed: pyproject.toml
-	bash .ci/system-deps.sh
-	test -x $(BIN)/python || bash .ci/disk-check.sh 7 . "the virtualenv (torch's CUDA build)"
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	py=$$(bash .ci/python-check.sh '$(PYTHON)' '$(VENV)') && bash .ci/system-deps.sh "$$py" && \
+	  { test -x $(BIN)/python || bash .ci/disk-check.sh 7 . "the virtualenv (torch's CUDA build)"; } && \
+	  { test -x $(BIN)/python || "$$py" -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet --no-deps 'nvidia-pytriton==0.7.0'
 	touch $@
 
 # Main job on the embedded default: synthetic production-line data, train and evaluate, build the

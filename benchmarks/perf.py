@@ -36,7 +36,9 @@ def perf_analyzer_env() -> dict[str, str]:
 def perf_analyzer_path() -> Path:
     path = Path(sys.executable).parent / "perf_analyzer"
     if not path.exists():
-        raise FileNotFoundError("perf_analyzer is missing: pip install 'tritonclient[all]==2.51.0'")
+        raise FileNotFoundError(
+            "perf_analyzer is missing: pip install -e '.[bench]' (tritonclient's wheel carries it)"
+        )
     return path
 
 

@@ -9,9 +9,7 @@ parameters as the ensemble layout's post-processing. Names, types and the scorin
 from config.pbtxt; the judgement and the line metrics are `triton_model.py`'s, shared with it.
 """
 
-import numpy as np
 import triton_model
-import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
@@ -24,9 +22,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [
-            self.judge.respond(
-                r, pb_utils.get_input_tensor_by_name(r, self.raw_input).as_numpy(), self._tensors
-            )
+            self.judge.respond(r, triton_model.input_array(r, self.raw_input), self._tensors)
             for r in requests
         ]
         self.judge.publish()
@@ -34,7 +30,4 @@ class TritonPythonModel:
 
     def _tensors(self, score, decision):
         outputs = {self.score_output: score, self.decision_output: decision}
-        return [
-            pb_utils.Tensor(n, np.asarray(v).astype(self.dtypes[n], copy=False))
-            for n, v in outputs.items()
-        ]
+        return [triton_model.output_tensor(n, v, self.dtypes[n]) for n, v in outputs.items()]

@@ -9,7 +9,6 @@ the parameter intra_op_threads. A failed batch answers each of its requests with
 import os
 
 import batching
-import numpy as np
 import onnxruntime as ort
 import triton_model
 import triton_python_backend_utils as pb_utils
@@ -29,10 +28,7 @@ class TritonPythonModel:
     def execute(self, requests):
         names = list(self.dtypes)
         try:
-            per_request = [
-                [pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs]
-                for r in requests
-            ]
+            per_request = [[triton_model.input_array(r, n) for n in self.inputs] for r in requests]
             feed = dict(zip(self.inputs, batching.join(per_request), strict=True))
             results = self.session.run(names, feed)
         except Exception as exc:  # a failed batch answers every request with the error
@@ -43,8 +39,5 @@ class TritonPythonModel:
         return [self._respond(part) for part in parts]
 
     def _respond(self, part):
-        tensors = [
-            pb_utils.Tensor(n, np.asarray(v).astype(self.dtypes[n], copy=False))
-            for n, v in part.items()
-        ]
+        tensors = [triton_model.output_tensor(n, v, self.dtypes[n]) for n, v in part.items()]
         return pb_utils.InferenceResponse(output_tensors=tensors)

@@ -45,16 +45,16 @@ def _import_torch():
     return torch
 
 
-def _to_array(tensor, torch):
+def _to_array(request, name, torch):
     """numpy on the CPU path; with torch, DLPack whatever the tensor's memory (no copy)."""
     if torch is None:
-        return tensor.as_numpy()
-    return torch.from_dlpack(tensor.to_dlpack())
+        return triton_model.input_array(request, name)
+    return torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, name).to_dlpack())
 
 
 def _to_tensor(name: str, value, dtype, torch):
     if isinstance(value, np.ndarray):
-        return pb_utils.Tensor(name, value.astype(dtype, copy=False))
+        return triton_model.output_tensor(name, value, dtype)
     return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value.contiguous()))
 
 
@@ -92,10 +92,7 @@ class TritonPythonModel:
         names = self.teacher + self.student
         try:
             per_request = batching.on_one_device(
-                [
-                    [_to_array(pb_utils.get_input_tensor_by_name(r, n), self.torch) for n in names]
-                    for r in requests
-                ]
+                [[_to_array(r, n, self.torch) for n in names] for r in requests]
             )
             batch = batching.join(per_request)
             k = len(self.teacher)

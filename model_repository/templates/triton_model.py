@@ -6,14 +6,35 @@ on sys.path). `Judge` holds the scoring record from the model's parameters and t
 when the build turned them on; `Judge.respond` turns one request's raw image scores into its one
 response: its parameters, `scoring.judge_request`, `LineMetrics.observe`, then the model's own
 output tensors, or that request's own error (an unknown product, a malformed threshold).
+Every tensor in and out of a Python model goes through `input_array` and `output_tensor`.
 """
 
 import json
 
 import drift
 import line_metrics
+import numpy as np
 import scoring
 import triton_python_backend_utils as pb_utils
+
+# How numpy arrays cross the Python backend's stub, by numpy's major version (measured with the
+# embedded 2.51 stub, docs/serving.md "Pythons and numpy"). Its pybind11 predates numpy 2's array
+# descriptor: under numpy 2, `as_numpy()` reads zeros and `pb_utils.Tensor(name, array)` sends 0
+# bytes, while DLPack carries both ways correctly. Under numpy 1 the plain route works and DLPack
+# from numpy leaves the stub unhealthy (its renamed capsule fails numpy 1's deleter).
+VIA_DLPACK = int(np.__version__.split(".")[0]) >= 2
+
+
+def input_array(request, name):
+    """A request's input tensor as a numpy array on the host."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return np.from_dlpack(tensor) if VIA_DLPACK else tensor.as_numpy()
+
+
+def output_tensor(name, value, dtype):
+    """A numpy value as the output tensor `name` of type `dtype`, contiguous as Triton needs."""
+    array = np.ascontiguousarray(value, dtype=dtype)
+    return pb_utils.Tensor.from_dlpack(name, array) if VIA_DLPACK else pb_utils.Tensor(name, array)
 
 
 def read_config(args):
