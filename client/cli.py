@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -167,15 +168,29 @@ def _configs(options: dict) -> tuple[ScoreConfig, RunConfig]:
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 @click.option("--watch", is_flag=True, help="Keep scoring new files as they land (Ctrl-C ends).")
+@click.option(
+    "--settle",
+    type=float,
+    default=_run("settle"),
+    help="With --watch: seconds a new file must stay unchanged before it is scored, where the "
+    "OS reports no close after writing (network shares). A file that failed is scored again "
+    "once it changes.",
+)
 @reports_errors
 def score_command(**options) -> None:
-    """Score every image under --dir; exit status 1 if any file failed."""
+    """Score every image under --dir; exit status 1 if any file failed.
+
+    SIGINT or SIGTERM stops it: requests in flight finish, their results are written, the files
+    left are counted (exit status 128 + the signal, e.g. 130, when any are), and --resume scores
+    them. A second signal aborts at once (exit status 130).
+    """
     cfg, run = _configs(options)
     _report(score_folder(cfg, run, note=lambda line: click.echo(line, err=True)), run)
 
 
 def _report(outcome: Outcome, run: RunConfig) -> None:
-    """The closing summary, the folders skipped and the failures; exit status 1 with any."""
+    """The closing summary, the folders skipped, the failures (exit status 1 with any) and the
+    files a stop left (exit status 128 + its signal)."""
     skipped = f"\n(skipped {outcome.skipped} already in {run.output})" if outcome.skipped else ""
     click.echo(outcome.tally.summary() + skipped)
     if outcome.folders:
@@ -186,6 +201,15 @@ def _report(outcome: Outcome, run: RunConfig) -> None:
         for path, error in outcome.failures[:50]:
             click.echo(f"FAILED {path}: {error}", err=True)
         click.echo(f"{len(outcome.failures)} failed files in {run.output}", err=True)
+    if outcome.left:
+        name = signal.Signals(outcome.stopped_by).name
+        click.echo(
+            f"stopped by {name}: {outcome.left} files left unscored; "
+            f"--resume --output {run.output} scores them",
+            err=True,
+        )
+        raise SystemExit(128 + outcome.stopped_by)
+    if outcome.failures:
         raise SystemExit(1)
 
 

@@ -1,8 +1,10 @@
-"""Typed results and their output files (CSV or JSONL by extension), written as they arrive.
+r"""Typed results and their output files (CSV or JSONL by extension), written as they arrive.
 
 Each row is flushed at once, so a crash of the client loses nothing already scored (and an fsync
-at least every second bounds what an OS crash can lose). File names that are not UTF-8 survive
-the round trip.
+at least every second bounds what an OS crash can lose). Every file written is valid UTF-8, so
+Python's csv module and pandas read it whole: a file name that is not UTF-8 (latin-1 from an old
+camera share) is written with each such byte as `\xNN` and a backslash as `\\`, and the
+`path_escaped` column marks that row; reading turns it back into the name on disk.
 
 `--resume` reads the file back and skips what is settled: scored files, and files whose error
 is permanent (cannot decode, too large) unless `--retry-failed`. Files whose error was
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,49 @@ import numpy as np
 from dcam.core.errors import ConfigError, OutputExistsError
 from dcam.core.files import write_atomic
 
-FIELDS = ("path", "category", "score", "is_anomalous", "error", "retryable", "latency_ms")
+FIELDS = (
+    "path",
+    "category",
+    "score",
+    "is_anomalous",
+    "error",
+    "retryable",
+    "latency_ms",
+    "path_escaped",  # true: `path` holds \xNN escapes for bytes that are not UTF-8
+)
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # os.fsdecode's surrogateescape for such bytes
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def escape_path(path: str) -> tuple[str, bool]:
+    """A file name (as os.fsdecode gives it) as valid UTF-8 text, losslessly; and whether it
+    needed escaping. Names that are UTF-8 come back unchanged."""
+    if not _UNDECODABLE.search(path):
+        return path, False
+    text = path.replace("\\", "\\\\")
+    return _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text), True
+
+
+def unescape_path(text: str) -> str:
+    """The inverse of `escape_path` for a row marked `path_escaped`."""
+
+    def one(m: re.Match) -> str:
+        code = m.group(1)
+        return "\\" if code == "\\" else chr(0xDC00 + int(code[1:], 16))
+
+    return _ESCAPE.sub(one, text)
+
+
+def _readable(text: str | None) -> str | None:
+    """Free text (an error naming a path, a category from a folder) as valid UTF-8."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def row_path(row: dict) -> str:
+    """The file a row is about, as os.fsdecode names it on disk."""
+    return unescape_path(row["path"]) if is_true(row.get("path_escaped")) else row["path"]
 
 
 @dataclass
@@ -44,7 +89,12 @@ class Result:
         return self.error is None
 
     def row(self) -> dict:
-        return {k: getattr(self, k) for k in FIELDS}
+        """The output row: valid UTF-8 throughout (see escape_path)."""
+        path, escaped = escape_path(self.path)
+        row = {k: getattr(self, k) for k in FIELDS if k != "path_escaped"}
+        row.update(path=path, path_escaped=escaped)
+        row.update(category=_readable(self.category), error=_readable(self.error))
+        return row
 
 
 class ResultWriter:
@@ -55,10 +105,8 @@ class ResultWriter:
         self.kind = _kind(self.path)
         exists = self.path.exists() and self.path.stat().st_size > 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # surrogateescape: non-UTF-8 file names are written back as their original bytes
-        self._fh = self.path.open(
-            "a" if append else "w", newline="", encoding="utf-8", errors="surrogateescape"
-        )
+        # strict: rows are escaped text (Result.row); anything else is a bug, not a bad file
+        self._fh = self.path.open("a" if append else "w", newline="", encoding="utf-8")
         if append and exists and not _ends_with_newline(self.path):
             self._fh.write("\n")  # a crash tore the last row; start a fresh line
         self._csv = csv.DictWriter(self._fh, FIELDS) if self.kind == "csv" else None
@@ -102,7 +150,8 @@ def _kind(path: Path) -> str:
 
 
 def read_results(path: Path) -> list[dict]:
-    """Rows of an earlier output; a torn last line (crash mid-write) is ignored."""
+    """Rows of an earlier output; a torn last line (crash mid-write) is ignored. Files written
+    before names were escaped hold raw bytes: read with surrogateescape, escaped by latest_rows."""
     path = Path(path)
     if not path.exists():
         return []
@@ -122,7 +171,9 @@ def latest_rows(path: Path) -> dict[str, dict]:
     """Each path's latest row (a later row supersedes an earlier one), in first-seen order."""
     latest: dict[str, dict] = {}
     for row in read_results(path):
-        latest[row["path"]] = row
+        name = row_path(row)
+        path_text, escaped = escape_path(name)  # rows of older files held raw bytes
+        latest[name] = {**row, "path": path_text, "path_escaped": escaped}
     return latest
 
 
@@ -168,7 +219,7 @@ def open_results(
     done: set[str] = set()
     if resume and exists:
         # One row per path, today's columns: appending cannot misalign a CSV.
-        done = {row["path"] for row in compact(path) if is_settled(row, retry_failed)}
+        done = {row_path(row) for row in compact(path) if is_settled(row, retry_failed)}
     return ResultWriter(path, append=resume), done
 
 
@@ -192,10 +243,10 @@ def compact(path: Path) -> list[dict]:
 
 
 class _Text:
-    """A text view of a binary file that keeps non-UTF-8 names as their original bytes."""
+    """A UTF-8 text view of a binary file (write_atomic gives a binary one)."""
 
     def __init__(self, fh) -> None:
         self._fh = fh
 
     def write(self, text: str) -> int:
-        return self._fh.write(text.encode("utf-8", errors="surrogateescape"))
+        return self._fh.write(text.encode("utf-8"))

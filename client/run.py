@@ -26,7 +26,7 @@ from dcam.client.heatmap import heatmap_path, product_scale, render_heatmap
 from dcam.client.results import Result, ResultWriter, compact, has_error, open_results
 from dcam.client.score import CategoryOf, ScoreConfig, Scorer
 from dcam.client.summary import Tally
-from dcam.core.errors import ClientError, ConfigError
+from dcam.core.errors import Aborted, ClientError, ConfigError
 from dcam.core.images import load_image
 from dcam.core.scoring import ScoringSpec
 
@@ -45,6 +45,7 @@ class RunConfig:
     retry_failed: bool = False  # with resume, score permanent failures again too
     force: bool = False  # overwrite an existing `output`
     watch: bool = False  # keep scoring files that land until SIGINT/SIGTERM
+    settle: float = 2.0  # with watch: seconds a file must stay unchanged (without a close event)
     category_from_path: bool = False  # each image's product from its folder
     summary_json: str | None = None  # the closing summary, per product, as JSON
 
@@ -57,6 +58,8 @@ class Outcome:
     skipped: int  # files already settled in `output` (resume)
     folders: list[Path] = field(default_factory=list)  # named like images but folders
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error): exit 1
+    stopped_by: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM)
+    left: int = 0  # files listed but not scored because of that stop: --resume scores them
 
 
 def _write_heatmap(
@@ -97,6 +100,40 @@ class HeatmapWriter:
         self.pending.clear()
 
 
+class Stop:
+    """SIGINT and SIGTERM: the first stops sending (what is in flight finishes, results are
+    written, the summary counts what is left); the second cancels the run at once."""
+
+    def __init__(self, note: Callable[[str], None]) -> None:
+        self.event = asyncio.Event()
+        self.signum: int | None = None
+        self.aborted = False
+        self._note = note
+        self._task: asyncio.Task | None = None
+
+    def install(self) -> None:
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._signalled, sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def _signalled(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            self.event.set()
+            self._note(f"{name}: stopping; requests in flight finish (again to abort)")
+            return
+        self.aborted = True
+        self._note(f"{name} again: aborting")
+        self._task.cancel()
+
+
 async def _loop(
     paths: list[Path],
     cfg: ScoreConfig,
@@ -107,16 +144,18 @@ async def _loop(
     hot: HotFolder | None,
     category_of: CategoryOf | None,
     note: Callable[[str], None],
-) -> None:
+    stop: Stop,
+) -> int:
+    """Score `paths` (and with `hot`, what lands) until done or stopped; returns how many
+    listed files were left unscored."""
     scorer = Scorer(cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop.install()
     try:
         await scorer.start()
         for line in scorer.pool.notes:
             note(line)
+        if hot is not None:
+            note(f"watching {root}: {hot.mode}")
         if heatmaps is not None and scorer.scoring is None:
             raise ClientError(
                 f"model {cfg.model!r} publishes no calibration (built by an older dcam-build), "
@@ -128,34 +167,45 @@ async def _loop(
         )
         bar = tqdm(total=len(paths), unit="img", dynamic_ncols=True)
         batches = [paths]
-        while batches and not stop.is_set():
-            async for result in scorer.stream(batches.pop(), category_of):
+        while batches and not stop.event.is_set():
+            async for result in scorer.stream(batches.pop(), category_of, stop.event):
                 writer.write(result)
                 tally.add(result)
+                if hot is not None:
+                    hot.done(result.path, result.ok)
                 if heatmap_writer is not None and result.ok:
                     await heatmap_writer.add(result)
                 bar.update(1)
                 bar.set_postfix(anomalous=tally.anomalous, failed=len(tally.failures))
-            while hot is not None and not batches and not stop.is_set():
+            while hot is not None and not batches and not stop.event.is_set():
                 new = hot.poll()
                 if new:
                     bar.total += len(new)
                     batches.append(new)
                 else:
-                    await asyncio.wait([asyncio.create_task(stop.wait())], timeout=1.0)
+                    await asyncio.wait([asyncio.create_task(stop.event.wait())], timeout=0.5)
         if heatmap_writer is not None:
             await heatmap_writer.finish()
         bar.close()
+        return bar.total - bar.n
+    except asyncio.CancelledError:
+        if stop.aborted:
+            raise Aborted(
+                f"aborted by a second {signal.Signals(stop.signum).name}: the results written "
+                f"so far are in {writer.path}; --resume scores the rest"
+            ) from None
+        raise
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        stop.remove()
+        if hot is not None:
+            hot.close()
         await scorer.close()
 
 
 def _failures(run: RunConfig, tally: Tally) -> list[tuple[str, str]]:
     """The failures the exit status counts: what the output holds. With resume, failures kept
     from earlier runs count too, and files scored now replace their earlier failed rows."""
-    if run.resume:
+    if run.resume or run.watch:  # a file scored again supersedes its earlier failed row
         return [(r["path"], r["error"]) for r in compact(Path(run.output)) if has_error(r)]
     return [(f.path, f.error) for f in tally.failures]
 
@@ -188,15 +238,17 @@ def score_folder(
     folders: list[Path] = []  # named like images but folders: reported, not scored
     listed = list_files(root, run.recursive, run.pattern, skipped=folders)
     paths = [p for p in listed if os.fsdecode(p) not in done]
-    hot = (
-        HotFolder(root, run.recursive, run.pattern, done | {os.fsdecode(p) for p in paths})
-        if run.watch
-        else None
-    )
+    if run.settle < 0:
+        raise ConfigError("--settle is a number of seconds, 0 or more")
+    seen = done | {os.fsdecode(p) for p in paths}
+    hot = HotFolder(root, run.recursive, run.pattern, seen, run.settle) if run.watch else None
     tally = Tally()
     heatmaps = Path(run.heatmaps) if run.heatmaps else None
+    stop = Stop(note)
     with writer:
-        asyncio.run(_loop(paths, cfg, writer, tally, heatmaps, root, hot, category_of, note))
+        left = asyncio.run(
+            _loop(paths, cfg, writer, tally, heatmaps, root, hot, category_of, note, stop)
+        )
     if run.summary_json:
         tally.write_json(Path(run.summary_json))
-    return Outcome(tally, len(done), folders, _failures(run, tally))
+    return Outcome(tally, len(done), folders, _failures(run, tally), stop.signum, left)

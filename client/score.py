@@ -106,6 +106,11 @@ class Scorer:
             raise ClientError(f"model input {spec.height}x{spec.width} is not square")
         self.size = (spec.height, spec.width)
         self.scoring = spec.scoring
+        if self.scoring is not None and self.config.category is not None:
+            try:  # the same rule the server applies: refuse now, not once per file
+                self.scoring.calibration_for(self.config.category)
+            except ValueError as exc:
+                raise ClientError(f"--category: model {self.config.model!r}: {exc}") from exc
         batch_bytes = self.config.batch_size * spec.height * spec.width * 3  # UINT8 RGB
         await self.pool.use_shared_memory(
             self.config.shared_memory, self.config.concurrency, batch_bytes
@@ -170,13 +175,18 @@ class Scorer:
                 failed.append(Result(os.fsdecode(path), error=str(exc), retryable=False))
 
     async def stream(
-        self, paths: Iterable[Path], category_of: CategoryOf | None = None
+        self,
+        paths: Iterable[Path],
+        category_of: CategoryOf | None = None,
+        stop: asyncio.Event | None = None,
     ) -> AsyncIterator[Result]:
         """Results in completion order; at most `concurrency` batches in flight.
 
         Args:
             category_of: the product of each image (its calibration is applied); by default
                 the configured `category` for all, or the global calibration without one.
+            stop: once set, no new batch is sent; the batches in flight finish and come back,
+                and the paths not yet sent are left out (a resumed run scores them).
         """
         if self.size is None:
             await self.start()
@@ -186,11 +196,15 @@ class Scorer:
         for category, batch in _batches(items, self.config.batch_size):
             while failed:
                 yield failed.pop()
+            if stop is not None and stop.is_set():
+                break
             if len(pending) >= self.config.concurrency:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     for result in task.result():
                         yield result
+            if stop is not None and stop.is_set():  # set while this batch waited for a slot
+                break
             pending.add(asyncio.create_task(self._score_batch(category, batch)))
         while failed:
             yield failed.pop()

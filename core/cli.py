@@ -42,6 +42,8 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except DcamError as exc:
-            raise click.ClickException(str(exc)) from exc
+            error = click.ClickException(str(exc))
+            error.exit_code = getattr(exc, "exit_code", 1)  # e.g. 130 for an aborted run
+            raise error from exc
 
     return wrapper  # type: ignore[return-value]

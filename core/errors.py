@@ -46,3 +46,9 @@ class ClientError(DcamError):
 
 class RetryableError(ClientError):
     """A server was unavailable, overloaded or too slow; the request may be sent again."""
+
+
+class Aborted(ClientError):
+    """A run cancelled at once by a second SIGINT/SIGTERM; what was written stays."""
+
+    exit_code = 130  # as a shell reports a process ended by SIGINT

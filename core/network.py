@@ -36,3 +36,33 @@ def url_host(url: str) -> str:
     if rest.startswith("["):
         return rest[1 : rest.index("]")]
     return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+def interface_addresses() -> list[str]:
+    """This machine's IPv4 addresses, one per interface that has one, loopback first (Linux)."""
+    import fcntl
+    import struct
+
+    found = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                reply = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)
+            except OSError:  # no IPv4 address on this interface
+                continue
+            found.add(socket.inet_ntoa(reply[20:24]))
+    return sorted(found, key=lambda a: (not ipaddress.ip_address(a).is_loopback, a))
+
+
+def reachable_at(host: str, port: int) -> list[str]:
+    """Where clients can dial a server bound to `host`: a wildcard (0.0.0.0, ::, "") stands for
+    every address of this machine (:: also takes IPv4 on Linux's default dual stack)."""
+    if host in ("0.0.0.0", ""):
+        return [address_url(a, port) for a in interface_addresses()]
+    if host == "::":
+        return [address_url("::1", port)] + [address_url(a, port) for a in interface_addresses()]
+    return [address_url(host, port)]

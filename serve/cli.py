@@ -19,7 +19,9 @@ from dcam.core.network import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    address_url,
     is_loopback,
+    reachable_at,
 )
 from dcam.serve.security import RESTRICTED_APIS, GrpcTls
 from dcam.serve.server import ServerConfig, TritonServer
@@ -93,10 +95,9 @@ def serve_command(
     server.start()
     if server.freed_at_start.regions:
         click.echo(f"freed {server.freed_at_start.describe()} left by earlier servers")
-    click.echo(
-        f"serving {repo}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-        f"metrics {host}:{server.ports['metrics']} (log {server.log_path}); Ctrl-C stops",
-    )
+    click.echo(f"serving {repo} (log {server.log_path}); Ctrl-C stops")
+    for line in endpoint_lines(server):
+        click.echo(line)
     try:
         while not stop.wait(0.5):
             if server.process.poll() is not None:
@@ -109,6 +110,23 @@ def serve_command(
         if server.freed_at_stop.regions:
             click.echo(f"freed {server.freed_at_stop.describe()}")
     click.echo("tritonserver stopped")
+
+
+def endpoint_lines(server: TritonServer) -> list[str]:
+    """Each endpoint's bind address and where clients reach it (a wildcard: every address)."""
+    binds = {
+        "HTTP": server.http_host,  # loopback when gRPC has TLS (Triton's HTTP has none)
+        "gRPC": server.config.host,
+        "metrics": server.config.host,
+    }
+    lines = []
+    for name, host in binds.items():
+        port = server.ports[name.lower()]
+        lines.append(
+            f"  {name:8s}bound to {address_url(host or '0.0.0.0', port)}, "
+            f"reached at {', '.join(reachable_at(host, port))}"
+        )
+    return lines
 
 
 def _tls(cert: str | None, key: str | None, client_ca: str | None) -> GrpcTls | None:

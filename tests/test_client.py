@@ -20,7 +20,7 @@ from PIL import Image
 from dcam.build.verify import reference_outputs
 from dcam.client import shm
 from dcam.client.cli import client_group
-from dcam.client.results import read_results
+from dcam.client.results import read_results, row_path
 from dcam.client.score import ScoreConfig, Scorer, score_paths
 from dcam.core.images import load_image
 from dcam.core.manifest import Manifest
@@ -118,7 +118,7 @@ def test_bad_inputs_each_get_one_row(server, synthetic_root: Path, tmp_path: Pat
     )
     assert result.exit_code == 1, result.output
     rows = read_results(out)
-    by_name = {Path(r["path"]).name: r for r in rows}
+    by_name = {Path(row_path(r)).name: r for r in rows}  # the name on disk, escaped or not
     assert len(rows) == len(by_name) == len(cases)
     for name, ok in cases.items():
         assert (by_name[name]["error"] is None) == ok, (name, by_name[name])
@@ -420,17 +420,18 @@ def test_each_image_scored_with_its_products_calibration(
     assert auroc.exit_code == 0 and "TPR" in auroc.output and "FPR" in auroc.output
 
 
-def test_unknown_category_fails_each_file_with_the_known_names(
+def test_unknown_category_is_refused_before_any_file_with_the_known_names(
     server, synthetic_root: Path, tmp_path: Path
 ) -> None:
+    """The model publishes its products: --category is checked at start, not once per file
+    (tests/test_client_line.py: the per-file error of a product told by the path)."""
     out = tmp_path / "scores.jsonl"
     args = ["score", "--dir", str(synthetic_root / "nut" / "test" / "good")]
     args += ["--url", server.grpc_url, "--output", str(out), "--category", "sofa"]
     result = CliRunner().invoke(client_group, args)
     assert result.exit_code == 1
-    rows = read_results(out)
-    assert rows and all("unknown category 'sofa'" in r["error"] for r in rows)
-    assert all("carpet" in r["error"] and r["category"] == "sofa" for r in rows)
+    assert "unknown category 'sofa'; calibrated: ['carpet', 'nut']" in result.output
+    assert read_results(out) == []
     both = CliRunner().invoke(client_group, [*args, "--force", "--category-from-path"])
     assert both.exit_code == 1 and "not both" in both.output
 

@@ -125,6 +125,7 @@ def test_bad_threshold_is_that_requests_error(
         with pytest.raises(InferenceServerException, match="finite number") as info:
             conn.infer("dcam", [image], parameters={"threshold": "abc"})
         assert not is_retryable(info.value)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
         with pytest.raises(InferenceServerException) as unknown:
             conn.infer("no_such_model", [image])
         assert not is_retryable(unknown.value)
@@ -199,8 +200,14 @@ def test_category_parameter_applies_that_products_calibration(
             np.testing.assert_allclose(raw[0], raw[1], rtol=1e-5, atol=1e-6)
             clear = np.abs(ref[1] - calibration.threshold) > 1e-3
             np.testing.assert_array_equal(got[2][clear], ref[2][clear])
-        with pytest.raises(InferenceServerException, match=r"unknown category 'sofa'.*carpet"):
-            infer("http", server.http_url, images, category="sofa")
+        # The request's own fault, with the status that says so (not 500 / INTERNAL).
+        for protocol, status in (("http", "400"), ("grpc", "StatusCode.INVALID_ARGUMENT")):
+            url = server.http_url if protocol == "http" else server.grpc_url
+            with pytest.raises(
+                InferenceServerException, match=r"unknown category 'sofa'.*carpet"
+            ) as err:
+                infer(protocol, url, images, category="sofa")
+            assert err.value.status() == status
 
 
 def test_a_stopped_server_leaves_no_folder_unless_told_to_keep_its_log(ensemble_repo: Path) -> None:

@@ -5,7 +5,9 @@ Copied beside each model.py at build time, as `line_metrics.py` (Triton puts the
 on sys.path). `Judge` holds the scoring record from the model's parameters and the line metrics
 when the build turned them on; `Judge.respond` turns one request's raw image scores into its one
 response: its parameters, `scoring.judge_request`, `LineMetrics.observe`, then the model's own
-output tensors, or that request's own error (an unknown product, a malformed threshold).
+output tensors, or that request's own error (an unknown product, a malformed threshold) with
+the invalid-argument code: Triton answers it as HTTP 400 and gRPC INVALID_ARGUMENT (measured with
+the embedded 2.51, also through the ensemble; 2.51 is the oldest release dcam serves on).
 Every tensor in and out of a Python model goes through `input_array` and `output_tensor`.
 """
 
@@ -68,8 +70,9 @@ class Judge:
         try:
             params = json.loads(request.parameters() or "{}")
             score, decision = scoring.judge_request(self.spec, raw, params)
-        except ValueError as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        except ValueError as exc:  # the request's own fault: HTTP 400, gRPC INVALID_ARGUMENT
+            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            return pb_utils.InferenceResponse(error=error)
         if self.metrics is not None:
             self.metrics.observe(scoring.request_category(params), score, decision)
         return pb_utils.InferenceResponse(output_tensors=tensors(score, decision))
