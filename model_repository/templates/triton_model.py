@@ -7,7 +7,8 @@ when the build turned them on; `Judge.respond` turns one request's raw image sco
 response: its parameters, `scoring.judge_request`, `LineMetrics.observe`, then the model's own
 output tensors, or that request's own error (an unknown product, a malformed threshold) with
 the invalid-argument code: Triton answers it as HTTP 400 and gRPC INVALID_ARGUMENT (measured with
-the embedded 2.51, also through the ensemble; 2.51 is the oldest release dcam serves on).
+the embedded 2.51, also through the ensemble). The code argument exists since Triton 23.09
+(python_backend README, "Error Handling"; PR #300), older than any release dcam serves on.
 Every tensor in and out of a Python model goes through `input_array` and `output_tensor`.
 """
 
