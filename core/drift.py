@@ -76,7 +76,8 @@ METRICS = {
     NORMAL_MEAN: ("gauge", "Mean z-score of the images in the drift window "
                   "(0 on a line like the calibration images)"),
 }  # fmt: skip
-# Each instance of a judging model keeps its own window: these carry an `instance` label too.
+# Each instance of a judging model keeps its own window: these carry a `model_instance` label
+# too (not `instance`, which is Prometheus' own target label).
 PER_INSTANCE = (PSI, WINDOW, ALARM, NORMAL_MEAN)
 # Histogram buckets of the normalised score, in z units: the calibration's good parts sit
 # around 0, the default threshold is 3.14 (1% false positives), defects score far above.

@@ -9,8 +9,9 @@ product are labelled "unknown". A request naming a product the model does not kn
 before this point, so the labels are bounded by the products in the manifest.
 
 Counters and the histogram are shared by a model's instances, so Triton sums them. Each instance
-keeps its own drift window, so the drift gauges carry an `instance` label as well. Dashboards and
-`dcam-client status` take the largest PSI and the alarm of any instance.
+keeps its own drift window, so the drift gauges carry a `model_instance` label as well (not
+`instance`, which Prometheus sets to the scraped target). Dashboards and `dcam-client status`
+take the largest PSI and the alarm of any instance.
 
 Triton's warm-up requests are left uncounted (`drift.warm_up_images` says how). If the Python
 backend restarts a crashed stub, `initialize` runs again without a warm-up, and that many real
@@ -39,7 +40,7 @@ class _Product:
             if name == drift.SCORES:
                 self.metrics[name] = family.Metric(labels=labels, buckets=list(drift.SCORE_BUCKETS))
             elif name in drift.PER_INSTANCE:
-                self.metrics[name] = family.Metric(labels={**labels, "instance": instance})
+                self.metrics[name] = family.Metric(labels={**labels, "model_instance": instance})
             else:
                 self.metrics[name] = family.Metric(labels=labels)
         self.threshold = calibration.threshold
@@ -68,7 +69,7 @@ class LineMetrics:
     def __init__(self, spec, scoring_spec, config, instance):
         """`spec`: the drift rule; `scoring_spec`: the calibrations whose thresholds cut off
         each product's reference law; `config`: the model's config (its warm-up); `instance`:
-        this instance's name, the label of its drift gauges."""
+        this instance's name, the `model_instance` label of its drift gauges."""
         self.spec, self.scoring_spec, self.instance = spec, scoring_spec, instance
         self.warm_up_left = drift.warm_up_images(config)
         family = pb_utils.MetricFamily  # the stub adds it after importing model.py's modules
