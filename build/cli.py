@@ -214,10 +214,53 @@ def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
 @click.argument("repo", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(), help="Folder for the overlay.")
 @click.option(
+    "--storage",
+    type=click.Choice(["object", "volume"]),
+    default=_deploy("storage"),
+    help="Where builds live: object storage Triton reads itself, or a ReadWriteMany volume "
+    "filled by a loader Job (needed when the pods build their plans).",
+)
+@click.option(
     "--model-repository",
     default=_deploy("model_repository"),
-    help="Where the pods read REPO: a path on the dcam-models volume, s3://... or gs://... "
-    "(default: the overlay's, /models on CPUs, /models/repository on GPUs).",
+    help="Where builds go, one folder per build digest: a bucket prefix (s3://, gs://, as://; "
+    "required with --storage object) or a folder of the volume (default /models/builds).",
+)
+@click.option(
+    "--loader-image",
+    default=_deploy("loader_image"),
+    help="--storage volume: the loader image's name in your registry (no tag; the tag is the "
+    "build digest). Build it from the overlay's repository.Dockerfile.",
+)
+@click.option(
+    "--autoscaling",
+    type=click.Choice(["none", "hpa", "keda"]),
+    default=_deploy("autoscaling"),
+    help="Scale on Triton's queue time: hpa (prometheus-adapter) or keda; none: --replicas.",
+)
+@click.option(
+    "--entry",
+    type=click.Choice(["none", "gateway", "ingress-nginx"]),
+    default=_deploy("entry"),
+    help="A gRPC entry for line PCs outside the cluster: a Gateway API GRPCRoute, or an "
+    "ingress-nginx Ingress (deploy/README.md).",
+)
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="gRPC over TLS and the control APIs behind a key, from the Secrets dcam-triton-tls "
+    "and dcam-api-key.",
+)
+@click.option(
+    "--monitoring",
+    is_flag=True,
+    help="Add the PodMonitor, alert rules and Grafana dashboard (needs the Prometheus Operator).",
+)
+@click.option(
+    "--prometheus-release",
+    default=_deploy("prometheus_release"),
+    help="With --monitoring: the Helm release of kube-prometheus-stack, whose selectors pick "
+    "resources labelled release=<it>.",
 )
 @click.option(
     "--image-tag",
@@ -238,7 +281,9 @@ def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
     "the plans were built on; needed for --plans pod).",
 )
 @click.option("--namespace", default=None, help="Namespace for every object.")
-@click.option("--replicas", type=int, default=_deploy("replicas"), help="Starting replicas.")
+@click.option(
+    "--replicas", type=int, default=_deploy("replicas"), help="Replicas (without --autoscaling)."
+)
 @click.option(
     "--deploy-dir",
     type=click.Path(file_okay=False, exists=True),
@@ -254,13 +299,16 @@ def deploy_command(**options) -> None:
 
     files = write_overlay(DeployConfig(**options))
     size = files["sizing.json"]
-    (image,) = files["kustomization.yaml"]["images"]
+    image = files["kustomization.yaml"]["images"][0]  # Triton's; then the loader's
     click.echo(
         f"wrote {options['out']}: image tag {image['newTag']}, memory "
         f"{size['memory_request_mib']}-{size['memory_limit_mib']} MiB"
         + (f", {size['cpu']} CPU" if size["cpu"] else "")
         + (f", CUDA pool {size['cuda_pool_bytes'] >> 20} MiB" if size["cuda_pool_bytes"] else "")
     )
+    click.echo(f"the build's folder: {size['repository']}")
+    for step in size["next_steps"]:
+        click.echo(step)
     click.echo(f"apply with: kubectl apply -k {options['out']}")
     if "inferenceservice.yaml" in files:
         kserve = f"{options['out']}/inferenceservice.yaml"

@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from dcam.build import images
+from dcam.build import deploy_components, deploy_storage
+from dcam.build.deploy_components import AUTOSCALING, keda_namespace_patch
 from dcam.build.deploy_gpu import (
     GPU_PRODUCT,
-    GPU_REPOSITORY,
     MOUNT,
-    check_plan_cache,
+    engine_cache,
+    engine_cache_patch,
     gpu_product,
-    serving_args,
+    serving_args_patch,
 )
+from dcam.build.deploy_storage import LOADER_JOB
+from dcam.build.images import TRITON_IMAGE, image_name, image_tag
 from dcam.build.kserve import inference_service, kserve_refusal, volume_uri
-from dcam.build.releases import DEFAULT_RELEASE, release
 from dcam.build.report import REPORT_FILE, read_build_report
 from dcam.build.sizing import plans_in_pod, runs_on_gpu, sizing
 from dcam.core.errors import ConfigError, OutputExistsError
@@ -44,15 +45,7 @@ from dcam.serve.compat import read_configs
 # deploy/ in the source checkout: dcam's subpackages are the checkout's top-level folders.
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
 OVERLAYS = {False: "overlays/cpu", True: "overlays/gpu"}  # by whether the networks use a GPU
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
-# NVIDIA's stock image serves every layout on CPU and GPU alike; only the ensemble layout's GPU
-# post-processing needs torch, and an image derived from it (build/images.py).
-IMAGE_VARIANT = "py3"
-OBJECT_STORES = ("s3://", "gs://", "as://")  # repositories Triton reads without a volume
-VOLUME, CLAIM = "models", "dcam-models"  # deploy/base's model volume, mounted at MOUNT
-# The overlays' MODEL_REPOSITORY: on GPUs a folder of the volume, since the plans are kept
-# beside it (PLAN_CACHE) and build_plans.py copies the repository into the cache.
-REPOSITORY = {False: MOUNT, True: GPU_REPOSITORY}
+VOLUME, CLAIM = "models", "dcam-models"  # components/volume's model volume, mounted at MOUNT
 INIT_CONTAINER, SERVING_VOLUME, SERVING_MOUNT = "build-plans", "serving", "/serving"
 DEPLOYMENT, CONFIG_MAP, CONTAINER = "dcam-triton", "dcam-triton", "tritonserver"
 ANNOTATION = "dcam.ai"
@@ -64,8 +57,11 @@ class DeployConfig:
 
     repo: str
     out: str
-    # MODEL_REPOSITORY: a path on the volume, s3:// or gs://; default: the overlay's (REPOSITORY)
+    # Where builds live: object storage (a bucket prefix in model_repository), or the volume
+    # (model_repository: a folder under /models; default /models/builds). One folder per build.
+    storage: str = "object"
     model_repository: str | None = None
+    loader_image: str | None = None  # --storage volume: the loader image's name (no tag)
     image_tag: str | None = None  # default: the release the build names (image_tag)
     # A name without tag to run instead of NVIDIA's, e.g. built from
     # deploy/images/torch-postprocess.Dockerfile (the ensemble layout's GPU post-processing).
@@ -73,96 +69,54 @@ class DeployConfig:
     # The nodes' nvidia.com/gpu.product; default: the GPU the plans were built on, if known.
     gpu_product: str | None = None
     namespace: str | None = None
-    replicas: int = 2
+    replicas: int = 2  # without autoscaling; with it, the autoscaler's minimum
+    autoscaling: str = "none"  # none, hpa (prometheus-adapter) or keda
+    entry: str = "none"  # for line PCs outside the cluster: gateway (GRPCRoute), ingress-nginx
+    tls: bool = False  # gRPC over TLS and the locked control APIs (Secrets: deploy/README.md)
+    monitoring: bool = False  # PodMonitor, alert rules and dashboard (Prometheus Operator)
+    prometheus_release: str = "kube-prometheus-stack"  # the label its selectors look for
     deploy_dir: str = str(DEPLOY_DIR)
     force: bool = False
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ConfigError("replicas must be >= 1")
-
-    @property
-    def in_object_storage(self) -> bool:
-        """Triton reads the repository itself (s3://, gs://, as://): no model volume."""
-        return (self.model_repository or "").startswith(OBJECT_STORES)
-
-    def repository(self, gpu: bool) -> str:
-        return self.model_repository or REPOSITORY[gpu]
+        if self.autoscaling not in AUTOSCALING:
+            raise ConfigError(f"--autoscaling {self.autoscaling}: choose {', '.join(AUTOSCALING)}")
 
 
-def image_tag(report: dict, requested: str | None) -> str:
-    """The Triton container tag: plans load only in the release whose TensorRT built them, and
-    graphs left to the pod were given the FP16 route of their release's TensorRT."""
-    if report["target"] != "trt":
-        return requested or f"{report.get('triton_release', DEFAULT_RELEASE)}-{IMAGE_VARIANT}"
-    if plans_in_pod(report):
-        prepared_for = report["triton_release"]
-        if requested and not requested.startswith(f"{prepared_for}-"):
-            raise ConfigError(
-                f"the graphs were prepared for Triton release {prepared_for}, whose TensorRT "
-                f"{release(prepared_for).tensorrt_major} decided their FP16 route, and the pods "
-                f"build their plans in that image; --image-tag {requested} is another release: "
-                f"build again with --triton-release {requested.split('-')[0]}"
-            )
-        return requested or f"{prepared_for}-{IMAGE_VARIANT}"
-    built_in = report.get("triton_container")
-    if built_in is None and requested is None:
-        raise ConfigError(
-            "these TensorRT plans were not built inside NVIDIA's Triton container, so the "
-            "release that can run them is unknown: pass --image-tag with the release whose "
-            f"TensorRT ({report['versions'].get('tensorrt', '?')}) built them, e.g. "
-            f"{DEFAULT_RELEASE}-{IMAGE_VARIANT}"
-        )
-    if built_in and requested and not requested.startswith(f"{built_in}-"):
-        raise ConfigError(
-            f"the plans were built in Triton release {built_in}; --image-tag {requested} would "
-            "run them on another TensorRT, which refuses them"
-        )
-    return requested or f"{built_in}-{IMAGE_VARIANT}"
-
-
-def image_name(configs: dict, requested: str | None) -> str | None:
-    """The image to run instead of NVIDIA's stock one: required where no stock variant serves
-    the models (the ensemble layout's GPU post-processing imports torch)."""
-    if requested is None and images.stock_variant(configs) is None:
-        raise ConfigError(
-            f"NVIDIA's {TRITON_IMAGE} lacks what these models need "
-            f"({'; '.join(images.unmet(configs, IMAGE_VARIANT))}): build and push the image "
-            f"{images.DERIVED_IMAGE} derives and pass it as --image, or build the repository "
-            "with --layout fused (numpy only)"
-        )
-    if requested and re.search(r"[:@]", requested.rsplit("/", 1)[-1]):
-        raise ConfigError(
-            f"--image {requested}: give the name without tag or digest; the tag follows the "
-            "build (--image-tag)"
-        )
-    return requested
-
-
-def pod_patch(cfg: DeployConfig, report: dict, resources: dict, annotations: dict) -> dict:
-    """The Deployment patch: this build's figures, and on GPUs its node and plan step."""
+def pod_patch(
+    cfg: DeployConfig, report: dict, resources: dict, annotations: dict, volume: bool
+) -> dict:
+    """The Deployment patch: this build's figures, and on GPUs its node and plan step.
+    `volume`: the repository is on the model volume (else object storage)."""
     pod: dict = {}
     container: dict = {"name": CONTAINER, "resources": resources}
     volumes: list[dict] = []
     mounts: list[dict] = []
-    if cfg.in_object_storage:
+    inits: list[dict] = []
+    gpu = runs_on_gpu(report)
+    if gpu and not volume:  # the GPU overlay's components/volume, taken out again
         volumes.append({"name": VOLUME, "$patch": "delete"})
         mounts.append({"mountPath": MOUNT, "$patch": "delete"})
-    if runs_on_gpu(report):
-        # None removes the overlay's placeholder (kustomize's strategic merge).
+        inits.append({"name": "wait-for-repository", "$patch": "delete"})
+    if gpu:
         pod["nodeSelector"] = {GPU_PRODUCT: gpu_product(report, cfg.gpu_product)}
-        if plans_in_pod(report):
-            check_plan_cache(cfg.repository(True), cfg.in_object_storage)
-        else:  # nothing to build: Triton serves the repository, read-only, as in the base
-            pod["initContainers"] = [{"name": INIT_CONTAINER, "$patch": "delete"}]
+        if not plans_in_pod(report):  # nothing to build: Triton serves the repository as is
+            inits.append({"name": INIT_CONTAINER, "$patch": "delete"})
             volumes.append({"name": SERVING_VOLUME, "$patch": "delete"})
             mounts.append({"mountPath": SERVING_MOUNT, "$patch": "delete"})
-            if not cfg.in_object_storage:
+            if volume:  # nobody writes the volume now: read-only, as Triton's own mount
                 claim = {"claimName": CLAIM, "readOnly": True}
                 volumes.append({"name": VOLUME, "persistentVolumeClaim": claim})
-            container["args"] = serving_args(Path(cfg.deploy_dir))
     elif cfg.gpu_product:
         raise ConfigError("--gpu-product applies to builds whose networks run on a GPU")
+    cache_mounts, cache_volumes = engine_cache_patch(report, volume)
+    if cache_volumes:  # the claim writable for the cache mount: it replaces a read-only one
+        volumes = [v for v in volumes if v["name"] != VOLUME or "$patch" in v]
+    mounts += cache_mounts
+    volumes += cache_volumes
+    pod.update({"initContainers": inits} if inits else {})
     pod.update({"volumes": volumes} if volumes else {})
     container.update({"volumeMounts": mounts} if mounts else {})
     template = {
@@ -198,8 +152,66 @@ def _overlay(cfg: DeployConfig, report: dict) -> Path:
     return overlay
 
 
-def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
-    """The overlay's kustomization, its patches and the KServe alternative, as objects."""
+def _relative(cfg: DeployConfig, folder: Path) -> str:
+    return os.path.relpath(folder.resolve(), Path(cfg.out).resolve())
+
+
+def kustomization(
+    cfg: DeployConfig,
+    overlay: Path,
+    store: deploy_storage.Storage,
+    gpu: bool,
+    images_: list,
+    cuda_pool_bytes: int | None,
+    plans: bool,
+) -> dict:
+    """The overlay's kustomization: the base overlay, the components this deployment uses, the
+    images, the replica count (none under an autoscaler), the build's folder and patches."""
+    deploy_dir = Path(cfg.deploy_dir)
+    literals = [f"MODEL_REPOSITORY={store.repository}"]
+    if cuda_pool_bytes:
+        literals.append(f"CUDA_MEMORY_POOL_BYTES={cuda_pool_bytes}")
+    components = deploy_components.chosen(
+        store.volume and not gpu, cfg.autoscaling, cfg.entry, cfg.tls, cfg.monitoring
+    )
+    patches: list[dict] = [{"path": "pod.yaml"}]
+    if store.volume:
+        patches.append({"path": "loader.yaml", "target": {"kind": "Job", "name": LOADER_JOB}})
+    patches += [
+        {"patch": yaml.safe_dump(d)}
+        for d in deploy_storage.without_volume(gpu and not store.volume)
+    ]
+    if gpu and not plans:  # Triton reads the repository itself: no link from build-plans
+        target = {"kind": "Deployment", "name": DEPLOYMENT}
+        patches.append({"patch": yaml.safe_dump(serving_args_patch(deploy_dir)), "target": target})
+    if cfg.autoscaling == "keda":
+        patches.append(keda_namespace_patch(deploy_dir, cfg.namespace))
+    if cfg.monitoring:
+        patches += deploy_components.release_label_patches(cfg.prometheus_release)
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        **({"namespace": cfg.namespace} if cfg.namespace else {}),
+        "resources": [_relative(cfg, overlay)],
+        **(
+            {"components": [_relative(cfg, deploy_dir / c) for c in components]}
+            if components
+            else {}
+        ),
+        "images": images_,
+        **(
+            {"replicas": [{"name": DEPLOYMENT, "count": cfg.replicas}]}
+            if cfg.autoscaling == "none"
+            else {}
+        ),
+        "configMapGenerator": [{"name": CONFIG_MAP, "behavior": "merge", "literals": literals}],
+        "patches": patches,
+    }
+
+
+def overlay_files(cfg: DeployConfig) -> dict[str, dict | str]:
+    """The overlay's kustomization, its patches, the loader image's Dockerfile (volume) and the
+    KServe alternative: objects, or text for the Dockerfile."""
     repo = Path(cfg.repo)
     report, manifest = read_build_report(repo), Manifest.read(repo)
     overlay, gpu = _overlay(cfg, report), runs_on_gpu(report)
@@ -210,39 +222,38 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
     }
     if size.cpu:
         resources["requests"]["cpu"] = resources["limits"]["cpu"] = size.cpu
-    repository = cfg.repository(gpu)
-    literals = [f"MODEL_REPOSITORY={repository}"]
-    if size.cuda_pool_bytes:
-        literals.append(f"CUDA_MEMORY_POOL_BYTES={size.cuda_pool_bytes}")
+    tag, name = image_tag(report, cfg.image_tag), image_name(read_configs(repo), cfg.image)
+    digest = build_digest(repo)
+    store = deploy_storage.storage(cfg.storage, cfg.model_repository, digest, plans_in_pod(report))
     annotations = {
         f"{ANNOTATION}/model": ENSEMBLE_MODEL,
         f"{ANNOTATION}/layout": report["layout"],
         f"{ANNOTATION}/input-size": f"{height}x{width}",
         f"{ANNOTATION}/max-batch-size": str(report["config"]["max_batch_size"]),
-        f"{ANNOTATION}/build": build_digest(repo),
+        f"{ANNOTATION}/build": digest,
     }
-    patch = pod_patch(cfg, report, resources, annotations)
-    tag, name = image_tag(report, cfg.image_tag), image_name(read_configs(repo), cfg.image)
-    volume = volume_patch(cfg, size.storage_gib, read_only=gpu and not plans_in_pod(report))
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        **({"namespace": cfg.namespace} if cfg.namespace else {}),
-        "resources": [os.path.relpath(overlay.resolve(), Path(cfg.out).resolve())],
-        "images": [{"name": TRITON_IMAGE, **({"newName": name} if name else {}), "newTag": tag}],
-        "replicas": [{"name": DEPLOYMENT, "count": cfg.replicas}],
-        "configMapGenerator": [{"name": CONFIG_MAP, "behavior": "merge", "literals": literals}],
-        "patches": [{"path": "pod.yaml"}, *([{"path": "volume.yaml"}] if volume else [])],
-    }
-    files = {"kustomization.yaml": kustomization, "pod.yaml": patch}
-    if volume:
-        files["volume.yaml"] = volume
+    patch = pod_patch(cfg, report, resources, annotations, store.volume)
+    images_ = [{"name": TRITON_IMAGE, **({"newName": name} if name else {}), "newTag": tag}]
+    if store.volume:
+        images_.append(store.loader_image(cfg.loader_image))
+    kustomize = kustomization(
+        cfg, overlay, store, gpu, images_, size.cuda_pool_bytes, plans_in_pod(report)
+    )
+    files: dict = {"kustomization.yaml": kustomize, "pod.yaml": patch}
+    if store.volume:
+        files["loader.yaml"] = deploy_storage.loader_patch(store)
+        files["repository.Dockerfile"] = deploy_storage.dockerfile()
+        volume = deploy_storage.volume_patch(Path(cfg.deploy_dir), size.storage_gib)
+        if volume:
+            files["volume.yaml"] = volume
+            kustomize["patches"].append({"path": "volume.yaml"})
+    uri = volume_uri(store.repository, CLAIM, MOUNT) if store.volume else store.repository
     kserve = kserve_refusal(plans_in_pod(report), name)
     if kserve is None:
         files["inferenceservice.yaml"] = inference_service(
             Path(cfg.deploy_dir) / "kserve" / "inferenceservice.yaml",
             tag=tag,
-            uri=repository if cfg.in_object_storage else volume_uri(repository, CLAIM, MOUNT),
+            uri=uri,
             resources=resources,
             gpu=gpu,
             cuda_pool_bytes=size.cuda_pool_bytes,
@@ -250,38 +261,26 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict]:
             annotations={k: v for k, v in annotations.items() if k.endswith("/build")},
             node_selector=patch["spec"]["template"]["spec"].get("nodeSelector"),
         )
-    sizing_json = {**asdict(size), "source": str(repo.resolve())}
+    sizing_json = {
+        **asdict(size),
+        "source": str(repo.resolve()),
+        "repository": store.repository,
+        "next_steps": store.next_steps(repo, cfg.loader_image)
+        + ([ENGINES_REBUILT] if engine_cache(report) and not store.volume else []),
+    }
     return {**files, "sizing.json": {**sizing_json, "kserve": kserve or "inferenceservice.yaml"}}
 
 
-def base_storage_gib(deploy_dir: Path) -> float:
-    """The model volume's size in deploy/base (e.g. 2Gi)."""
-    claim = yaml.safe_load((deploy_dir / "base" / "pvc.yaml").read_text())
-    size = claim["spec"]["resources"]["requests"]["storage"]
-    if not size.endswith("Gi"):
-        raise ConfigError(f"deploy/base/pvc.yaml asks for {size}: write it in Gi")
-    return float(size.removesuffix("Gi"))
-
-
-def volume_patch(cfg: DeployConfig, needed_gib: int, read_only: bool = False) -> dict | None:
-    """Nothing while the base's volume is big enough (a bound claim can grow, never shrink, and
-    only where its storage class allows); its deletion when the repository is in object
-    storage; else a larger claim. `read_only`: back to the base's ReadOnlyMany on GPUs where no
-    pod writes plans (the GPU overlay asks for ReadWriteMany)."""
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM}}
-    if cfg.in_object_storage:
-        return {**claim, "$patch": "delete"}
-    spec: dict = {"accessModes": ["ReadOnlyMany"]} if read_only else {}
-    if needed_gib > base_storage_gib(Path(cfg.deploy_dir)):
-        spec["resources"] = {"requests": {"storage": f"{needed_gib}Gi"}}
-    return {**claim, "spec": spec} if spec else None
-
-
-OPTIONAL_FILES = ("volume.yaml", "inferenceservice.yaml")  # written for some builds only
+ENGINES_REBUILT = (
+    "note: ONNX Runtime builds its TensorRT engines when each pod loads (minutes) and, without "
+    "the volume, keeps them in the pod only: --storage volume keeps them, --target trt prebuilds"
+)
+# Written for some builds only.
+OPTIONAL_FILES = ("volume.yaml", "loader.yaml", "repository.Dockerfile", "inferenceservice.yaml")
 HEADER = "# Written by `dcam-build deploy` from {repo}: build again rather than edit.\n"
 
 
-def write_overlay(cfg: DeployConfig) -> dict[str, dict]:
+def write_overlay(cfg: DeployConfig) -> dict[str, dict | str]:
     """Write the overlay into cfg.out; refuses to replace files there without cfg.force."""
     files = overlay_files(cfg)
     out = Path(cfg.out)
@@ -297,6 +296,11 @@ def write_overlay(cfg: DeployConfig) -> dict[str, dict]:
         if name.endswith(".json"):
             write_json_atomic(out / name, content)
             continue
-        body = (header + yaml.safe_dump(content, sort_keys=False)).encode()
+        text = (
+            content
+            if isinstance(content, str)
+            else header + yaml.safe_dump(content, sort_keys=False)
+        )
+        body = text.encode()
         write_atomic(out / name, lambda fh, body=body: fh.write(body))
     return files

@@ -14,7 +14,6 @@ from dcam.core.errors import ConfigError
 GPU_PRODUCT = "nvidia.com/gpu.product"  # set by NVIDIA's GPU feature discovery
 LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 MOUNT = "/models"  # deploy/base's model volume
-GPU_REPOSITORY = f"{MOUNT}/repository"  # the GPU overlay's MODEL_REPOSITORY
 PLAN_CACHE = f"{MOUNT}/plans"  # the GPU overlay's `build-plans --cache`
 GPU_OVERLAY = "overlays/gpu"
 
@@ -59,27 +58,42 @@ def gpu_product(report: dict, requested: str | None) -> str | None:
     return label_value(requested or built_on)
 
 
-def serving_args(deploy_dir: Path) -> list[str]:
-    """The GPU overlay's tritonserver arguments, reading the repository itself (no link)."""
+def serving_args_patch(deploy_dir: Path) -> list[dict]:
+    """JSON6902 operations pointing the GPU overlay's tritonserver at the repository itself (no
+    link): its one --model-repository argument replaced in place, so that flags components
+    append (TLS) stay."""
     patch = yaml.safe_load((deploy_dir / GPU_OVERLAY / "gpu.yaml").read_text())
     (container,) = patch["spec"]["template"]["spec"]["containers"]
-    args = [a for a in container["args"] if not a.startswith("--model-repository=")]
-    if len(args) != len(container["args"]) - 1:
-        raise ConfigError(f"{deploy_dir}/overlays/gpu/gpu.yaml sets no single --model-repository")
-    return ["--model-repository=$(MODEL_REPOSITORY)", *args]
+    args = container["args"]  # after the image's entrypoint: tritonserver first
+    at = [i for i, a in enumerate(args) if a.startswith("--model-repository=")]
+    if args[0] != "tritonserver" or len(at) != 1:
+        raise ConfigError(
+            f"{deploy_dir}/overlays/gpu/gpu.yaml: args must be tritonserver and its flags, with "
+            "one --model-repository"
+        )
+    path = f"/spec/template/spec/containers/0/args/{at[0]}"
+    return [{"op": "replace", "path": path, "value": "--model-repository=$(MODEL_REPOSITORY)"}]
 
 
-def check_plan_cache(repository: str, in_object_storage: bool) -> None:
-    """The pod builds plans from a repository on the volume into PLAN_CACHE beside it."""
-    where, cache = Path(repository), Path(PLAN_CACHE)
-    if in_object_storage or not where.is_relative_to(MOUNT):
-        raise ConfigError(
-            f"the pods build their plans from the repository on the model volume ({MOUNT}), "
-            f"not from {repository}: pass --model-repository {GPU_REPOSITORY}, or build the "
-            "plans with --plans here"
-        )
-    if where.is_relative_to(cache) or cache.is_relative_to(where):
-        raise ConfigError(
-            f"--model-repository {repository} and the plan cache {PLAN_CACHE} overlap (the "
-            f"cache holds copies of the repository): use a folder such as {GPU_REPOSITORY}"
-        )
+ENGINE_CACHE_SUBPATH = "ort-trt-cache"  # on the model volume, beside builds/ and plans/
+
+
+def engine_cache(report: dict) -> str | None:
+    """Where ONNX Runtime's TensorRT accelerator keeps the engines it builds at load (the
+    build's --onnx-engine-cache), for builds that use it; None for others."""
+    config = report["config"]
+    if report["target"] != "onnx" or config.get("onnx_accelerator") != "tensorrt":
+        return None
+    return config.get("onnx_engine_cache", "/tmp/dcam-ort-trt-cache")
+
+
+def engine_cache_patch(report: dict, volume: bool) -> tuple[list[dict], list[dict]]:
+    """(mounts, volumes) that keep ONNX Runtime's TensorRT engines on the model volume, so a new
+    pod loads them instead of building them for minutes; nothing without a volume (object
+    storage), where the next steps say so. Triton's own /models mount stays read-only."""
+    cache = engine_cache(report)
+    if cache is None or not volume:
+        return [], []
+    mount = {"name": "models", "mountPath": cache, "subPath": ENGINE_CACHE_SUBPATH}
+    claim = {"claimName": "dcam-models", "readOnly": False}  # each mount sets its own mode
+    return [mount], [{"name": "models", "persistentVolumeClaim": claim}]

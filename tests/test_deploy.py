@@ -7,31 +7,53 @@ the fields we set and their links, not against their CRD schemas (those are not 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from dcam.build.config import QUEUE_TIMEOUT_MS
 from dcam.build.plans import SCRIPT
 from dcam.build.releases import DEFAULT_RELEASE, release
-from dcam.core.names import ENTRY_MODELS
+from tests.tools import require
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 KUBERNETES = "1.32.0"  # the kubectl this machine kind has; Triton's docs target current clusters
-KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "autoscaling", "monitoring"]
-CUSTOM = {"keda.sh/v1alpha1", "serving.kserve.io/v1beta1", "monitoring.coreos.com/v1"}
+CUSTOM = {
+    "keda.sh/v1alpha1",
+    "serving.kserve.io/v1beta1",
+    "monitoring.coreos.com/v1",
+    "gateway.networking.k8s.io/v1",
+}
+
+
+def _kind(folder: Path) -> str:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text()).get("kind", "Kustomization")
+
+
+def components() -> list[str]:
+    """Every Kustomize Component under deploy/: they render only inside a kustomization."""
+    found = [p.parent for p in DEPLOY.rglob("kustomization.yaml") if _kind(p.parent) == "Component"]
+    return sorted(str(f.relative_to(DEPLOY)) for f in found)
+
+
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", *components()]
 
 
 def render(folder: str) -> list[dict]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl (with its built-in kustomize) is needed to render deploy/")
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY / folder)], capture_output=True, text=True
-    )
+    """`kubectl kustomize` of a folder of deploy/ (or any path); a Component on top of base."""
+    require("kubectl", "kubectl with its built-in kustomize (.ci/system-deps.sh installs it)")
+    path = DEPLOY / folder
+    with tempfile.TemporaryDirectory() as tmp:
+        if _kind(path) == "Component":
+            rel = [os.path.relpath(f, tmp) for f in (DEPLOY / "base", path)]  # kustomize: relative
+            wrapper = {"resources": [rel[0]], "components": [rel[1]]}
+            (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(wrapper))
+            path = Path(tmp)
+        out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
@@ -94,7 +116,7 @@ def test_every_pin_is_the_release_dcam_builds_for() -> None:
     the GPU overlay's initContainer) and the KServe runtime."""
     image = release(DEFAULT_RELEASE).image
     assert image == "nvcr.io/nvidia/tritonserver:26.07-py3"
-    for folder in ("base", "overlays/cpu", "overlays/gpu"):
+    for folder in ("base", "overlays/cpu", "overlays/gpu", "components/volume"):
         spec = by_kind(render(folder))["Deployment"]["spec"]["template"]["spec"]
         for container in spec["containers"] + spec.get("initContainers", []):
             assert container["image"] == image, (folder, container["name"])
@@ -103,28 +125,26 @@ def test_every_pin_is_the_release_dcam_builds_for() -> None:
 
 
 def test_gpu_pods_build_their_plans_in_their_own_image_on_the_volume() -> None:
-    """build-plans runs the repository's build_plans.py in Triton's image on the pod's GPU,
-    keeps the plans on the model volume (written by it alone) and links them where Triton
-    reads; the nodes are picked by GPU product."""
+    """build-plans runs the repository's build_plans.py in Triton's image on the pod's GPU, once
+    the loader Job has put the build on the volume; it keeps the plans there (written by it
+    alone) and links them where Triton reads; the nodes are picked by GPU product."""
     objects = by_kind(render("overlays/gpu"))
     spec = objects["Deployment"]["spec"]["template"]["spec"]
-    (init,) = spec["initContainers"]
+    inits = {c["name"]: c for c in spec["initContainers"]}
+    init = inits["build-plans"]
     triton = _container(objects["Deployment"])
     repository = objects["ConfigMap"]["data"]["MODEL_REPOSITORY"]
-    assert repository.startswith("/models/")  # a folder of the volume: the cache sits beside it
-    assert init["name"] == "build-plans" and init["image"] == triton["image"]
-    assert init["command"] == [
-        "python3",
-        f"$(MODEL_REPOSITORY)/{SCRIPT}",
-        "--source=$(MODEL_REPOSITORY)",
-        "--cache=/models/plans",
-        "--link=/serving/repository",
-    ]
-    assert init["envFrom"] == triton["envFrom"]
+    assert repository.startswith("/models/builds/")  # one folder per build; the cache beside
+    assert init["image"] == triton["image"] == inits["wait-for-repository"]["image"]
+    script = " ".join(init["args"])
+    assert init["args"][:2] == ["sh", "-c"] and 'until [ -d "$MODEL_REPOSITORY" ]' in script
+    assert f'exec python3 "$MODEL_REPOSITORY/{SCRIPT}" --source="$MODEL_REPOSITORY"' in script
+    assert "--cache=/models/plans --link=/serving/repository" in script
+    assert init["envFrom"][0] == triton["envFrom"][0]  # the ConfigMap: MODEL_REPOSITORY
     assert init["resources"]["limits"]["nvidia.com/gpu"] == "1"  # it builds on the GPU
     mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
     assert mounts["/models"]["name"] == "models" and not mounts["/models"].get("readOnly")
-    assert "--model-repository=/serving/repository" in triton["args"]
+    assert triton["args"][:2] == ["tritonserver", "--model-repository=/serving/repository"]
     served = {m["mountPath"]: m for m in triton["volumeMounts"]}
     assert served["/models"]["readOnly"] and served["/serving"]["readOnly"]  # the link's target
     assert served["/serving"]["name"] == mounts["/serving"]["name"]
@@ -133,29 +153,16 @@ def test_gpu_pods_build_their_plans_in_their_own_image_on_the_volume() -> None:
     assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is False
     assert objects["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert set(spec["nodeSelector"]) == {"nvidia.com/gpu.product"}
-    # The base keeps the volume read-only: nothing writes it there.
+    # No surge pod waiting for a GPU no node has spare.
+    assert objects["Deployment"]["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+    }
+    # The base reads object storage: no claim, no initContainer.
     base = by_kind(render("base"))
-    assert base["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert "PersistentVolumeClaim" not in base
     assert "initContainers" not in base["Deployment"]["spec"]["template"]["spec"]
-
-
-def test_autoscalers_target_the_deployment_on_triton_queue_time() -> None:
-    deployment = by_kind(render("base"))["Deployment"]
-    hpa = by_kind(render("autoscaling"))["HorizontalPodAutoscaler"]
-    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    (metric,) = hpa["spec"]["metrics"]
-    target_us = int(metric["pods"]["target"]["averageValue"])
-    assert target_us < QUEUE_TIMEOUT_MS * 1000  # scale out before rejecting
-    rules = yaml.safe_load(by_kind(render("autoscaling"))["ConfigMap"]["data"]["config.yaml"])
-    assert rules["rules"][0]["name"]["as"] == metric["pods"]["metric"]["name"]
-    keda = yaml.safe_load((DEPLOY / "autoscaling" / "keda-scaledobject.yaml").read_text())
-    assert keda["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    (trigger,) = keda["spec"]["triggers"]
-    assert trigger["type"] == "prometheus" and int(trigger["metadata"]["threshold"]) == target_us
-    for query in (rules["rules"][0]["metricsQuery"], trigger["metadata"]["query"]):
-        assert "nv_inference_queue_duration_us" in query
-        assert "nv_inference_request_success" in query
-        assert f'model=~"{"|".join(ENTRY_MODELS)}"' in query  # the models requests enter
+    assert base["ConfigMap"]["data"]["MODEL_REPOSITORY"].startswith("s3://")
 
 
 def test_kserve_and_monitoring_resources() -> None:
@@ -170,7 +177,9 @@ def test_kserve_and_monitoring_resources() -> None:
 
 def test_monitoring_ships_alert_rules_and_a_dashboard_grafana_loads() -> None:
     objects = by_kind(render("monitoring"))
-    config_map = objects["ConfigMap"]
+    (config_map,) = [
+        o for o in render("monitoring") if o["metadata"]["name"] == "dcam-grafana-dashboard"
+    ]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
     dashboard = json.loads(config_map["data"]["grafana-dashboard.json"])
     assert dashboard["uid"] and all(p["targets"] for p in dashboard["panels"])

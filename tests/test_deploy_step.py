@@ -23,7 +23,7 @@ from dcam.build.sizing import POOL_BATCHES, feature_bytes
 from dcam.core.errors import ConfigError
 from dcam.core.manifest import Manifest
 from dcam.serve.compat import read_configs
-from tests.test_deploy import KUBERNETES, by_kind, render
+from tests.test_deploy import CUSTOM, KUBERNETES, by_kind, render
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,20 @@ def onnx_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 IMAGE = f"nvcr.io/nvidia/tritonserver:{DEFAULT_RELEASE}-py3"
 
 
+BUCKET = ("--model-repository", "s3://plant/line")  # object storage, the default
+
+
 def deploy(repo: Path, out: Path, *options: str) -> dict[str, dict]:
+    """`dcam-build deploy` (into the test bucket unless storage is given), rendered, validated."""
+    if not {"--storage", "--model-repository"} & set(options):
+        options = (*BUCKET, *options)
     result = CliRunner().invoke(build_group, ["deploy", str(repo), "--out", str(out), *options])
     assert result.exit_code == 0, result.output
     assert f"kubectl apply -k {out}" in result.output
     objects = render(str(out))
-    for obj in objects:
-        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    for obj in objects:  # custom resources: tests/test_crd_schemas.py
+        if obj["apiVersion"] not in CUSTOM:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
     return by_kind(objects)
 
 
@@ -61,7 +68,13 @@ def test_cpu_overlay_carries_the_build(onnx_repo: Path, tmp_path: Path) -> None:
     assert container["image"] == IMAGE
     assert deployment["spec"]["replicas"] == 3
     assert {o["metadata"]["namespace"] for o in objects.values()} == {"line"}
-    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == "s3://plant/line"
+    digest = deployment["spec"]["template"]["metadata"]["annotations"][f"{ANNOTATION}/build"]
+    # One folder per build: a rollback brings back the older ConfigMap, so the older build.
+    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == f"s3://plant/line/{digest}"
+    steps = json.loads((tmp_path / "line" / "sizing.json").read_text())["next_steps"]
+    assert steps == [
+        f"upload the build: aws s3 sync {onnx_repo.resolve()} s3://plant/line/{digest}/"
+    ]
     # The pod gets exactly the cores the ONNX Runtime configs use: 3 threads x teacher, student.
     threads = [
         int(c.parameters["intra_op_thread_count"].string_value)
@@ -84,24 +97,87 @@ def test_cpu_overlay_carries_the_build(onnx_repo: Path, tmp_path: Path) -> None:
     service = yaml.safe_load((tmp_path / "line" / "inferenceservice.yaml").read_text())
     model = service["spec"]["predictor"]["model"]
     assert model["runtimeVersion"] == f"{DEFAULT_RELEASE}-py3"
-    assert model["storageUri"] == "s3://plant/line"
+    assert model["storageUri"] == f"s3://plant/line/{digest}"
     assert model["resources"] == container["resources"]
     assert service["metadata"]["namespace"] == "line"
     # Triton reads s3:// itself: no volume, no claim.
     assert "PersistentVolumeClaim" not in objects
     volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes == {"dshm"}  # /dev/shm for the Python backend stays
+    assert volumes == {"dshm", "tmp"}  # /dev/shm for the Python backend, /tmp: a read-only root
     assert all(m["mountPath"] != "/models" for m in container["volumeMounts"])
 
 
-def test_a_volume_repository_keeps_the_base_claim(onnx_repo: Path, tmp_path: Path) -> None:
-    objects = deploy(onnx_repo, tmp_path / "line")
-    claim = objects["PersistentVolumeClaim"]  # a small build: never below the base's size
+def test_a_volume_repository_is_loaded_by_a_job_into_its_own_folder(
+    onnx_repo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "line"
+    options = ("--storage", "volume", "--loader-image", "registry.example.com/dcam-repo")
+    objects = deploy(onnx_repo, out, *options)
+    claim = objects["PersistentVolumeClaim"]  # a small build: never below the component's size
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
-    mounts = {m["mountPath"] for m in _container(objects["Deployment"])["volumeMounts"]}
-    assert "/models" in mounts
-    service = yaml.safe_load((tmp_path / "line" / "inferenceservice.yaml").read_text())
-    assert service["spec"]["predictor"]["model"]["storageUri"] == "pvc://dcam-models"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    deployment = objects["Deployment"]
+    digest = deployment["spec"]["template"]["metadata"]["annotations"][f"{ANNOTATION}/build"]
+    repository = f"/models/builds/{digest}"
+    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == repository
+    mounts = {m["mountPath"]: m for m in _container(deployment)["volumeMounts"]}
+    assert mounts["/models"]["readOnly"]
+    (wait,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert wait["name"] == "wait-for-repository" and "MODEL_REPOSITORY" in wait["args"][2]
+    job = objects["Job"]  # named per build: a Job's template cannot change
+    assert job["metadata"]["name"] == f"dcam-load-{digest}"
+    (loader,) = job["spec"]["template"]["spec"]["containers"]
+    assert loader["image"] == f"registry.example.com/dcam-repo:{digest}"
+    assert 'mv "$dest.partial" "$dest"' in loader["command"][2]  # whole, or not there
+    dockerfile = (out / "repository.Dockerfile").read_text()
+    assert "COPY . /repository" in dockerfile and "USER 1000:1000" in dockerfile
+    steps = json.loads((out / "sizing.json").read_text())["next_steps"]
+    assert steps[0].startswith("build the loader image: docker build -f repository.Dockerfile")
+    service = yaml.safe_load((out / "inferenceservice.yaml").read_text())
+    uri = service["spec"]["predictor"]["model"]["storageUri"]
+    assert uri == f"pvc://dcam-models/builds/{digest}"
+    bucketless = CliRunner().invoke(
+        build_group, ["deploy", str(onnx_repo), "--out", str(out / "x")]
+    )
+    assert bucketless.exit_code != 0 and "--storage volume" in bucketless.output
+
+
+def test_an_overlay_asked_for_entry_tls_and_monitoring_carries_them(
+    onnx_repo: Path, tmp_path: Path
+) -> None:
+    """The components land in the overlay's namespace; TLS flags survive the GPU overlay's
+    serving arguments (replaced in place, not as a list); the monitoring resources carry the
+    label kube-prometheus-stack selects on."""
+    repo = _with_report(onnx_repo, tmp_path / "trt", target="trt")  # plans built here
+    options = ("--namespace", "line", "--entry", "gateway", "--tls", "--monitoring")
+    objects = deploy(repo, tmp_path / "gpu", *options, "--prometheus-release", "prom")
+    args = _container(objects["Deployment"])["args"]
+    assert args[:2] == ["tritonserver", "--model-repository=$(MODEL_REPOSITORY)"]
+    assert "--grpc-use-ssl=true" in args and "--grpc-server-cert=/tls/tls.crt" in args
+    assert objects["GRPCRoute"]["metadata"]["namespace"] == "line"
+    for kind in ("PodMonitor", "PrometheusRule"):
+        assert objects[kind]["metadata"]["labels"]["release"] == "prom"
+        assert objects[kind]["metadata"]["namespace"] == "line"
+    nginx = deploy(onnx_repo, tmp_path / "nginx", "--namespace", "line", "--entry", "ingress-nginx")
+    assert nginx["Ingress"]["metadata"]["namespace"] == "line"
+
+
+def test_autoscaling_owns_the_replica_count(onnx_repo: Path, tmp_path: Path) -> None:
+    """Under an autoscaler the overlay sets no replica count (an apply would reset it), and the
+    KEDA query reads this namespace's pods only."""
+    keda = deploy(onnx_repo, tmp_path / "keda", "--autoscaling", "keda", "--namespace", "line")
+    assert "replicas" not in keda["Deployment"]["spec"]
+    query = keda["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"]
+    assert query.count('namespace="line"') == 2 and 'namespace="dcam"' not in query
+    assert keda["ScaledObject"]["metadata"]["namespace"] == "line"
+    hpa = deploy(onnx_repo, tmp_path / "hpa", "--autoscaling", "hpa")
+    assert "replicas" not in hpa["Deployment"]["spec"]
+    assert hpa["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == "dcam-triton"
+    refused = CliRunner().invoke(
+        build_group,
+        ["deploy", str(onnx_repo), "--out", str(tmp_path / "x"), *BUCKET, "--autoscaling", "keda"],
+    )
+    assert refused.exit_code != 0 and "pass --namespace" in refused.output
 
 
 def test_gpu_accelerated_onnx_build_goes_to_gpu_nodes(onnx_repo: Path, tmp_path: Path) -> None:
@@ -114,8 +190,20 @@ def test_gpu_accelerated_onnx_build_goes_to_gpu_nodes(onnx_repo: Path, tmp_path:
     assert container["image"] == IMAGE
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert not spec.get("initContainers") and "nvidia.com/gpu.product" not in spec["nodeSelector"]
-    assert "--model-repository=$(MODEL_REPOSITORY)" in container["args"]
-    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == "/models/repository"
+    assert container["args"][:2] == ["tritonserver", "--model-repository=$(MODEL_REPOSITORY)"]
+    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"].startswith("s3://plant/line/")
+    # Read from object storage: the GPU overlay's volume, loader and wait are taken out.
+    assert "PersistentVolumeClaim" not in objects and "Job" not in objects
+    assert {v["name"] for v in spec["volumes"]} == {"dshm", "tmp"}
+    steps = json.loads((tmp_path / "gpu" / "sizing.json").read_text())["next_steps"]
+    assert "keeps them in the pod only" in steps[-1]  # object storage: engines per pod
+    kept = deploy(repo, tmp_path / "kept", "--storage", "volume")
+    mounts = {m["mountPath"]: m for m in _container(kept["Deployment"])["volumeMounts"]}
+    cache = "/tmp/dcam-ort-trt-cache"  # the build's --onnx-engine-cache, on the volume now
+    assert mounts[cache]["subPath"] == "ort-trt-cache" and not mounts[cache].get("readOnly")
+    assert mounts["/models"]["readOnly"]  # Triton's view of the builds stays read-only
+    volumes = {v["name"]: v for v in kept["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is False
     pinned = deploy(repo, tmp_path / "pinned", "--gpu-product", "NVIDIA-L4")["Deployment"]
     assert pinned["spec"]["template"]["spec"]["nodeSelector"] == {
         "nvidia.com/gpu.product": "NVIDIA-L4"
@@ -221,19 +309,26 @@ def test_plans_built_here_are_served_as_they_are(onnx_repo: Path, tmp_path: Path
     """Plans built here: no build-plans, Triton on the repository itself, read-only volume,
     pinned to the GPU that built them; another product only with hardware compatibility."""
     repo = _with_report(onnx_repo, tmp_path / "trt", target="trt")
-    objects = deploy(repo, tmp_path / "gpu")
+    objects = deploy(repo, tmp_path / "gpu", "--storage", "volume")
     spec = objects["Deployment"]["spec"]["template"]["spec"]
     container = _container(objects["Deployment"])
-    assert not spec.get("initContainers")
+    assert [c["name"] for c in spec["initContainers"]] == ["wait-for-repository"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
-    assert container["args"][0] == "--model-repository=$(MODEL_REPOSITORY)"
+    assert container["args"][:2] == ["tritonserver", "--model-repository=$(MODEL_REPOSITORY)"]
     assert "--cuda-memory-pool-byte-size=0:$(CUDA_MEMORY_POOL_BYTES)" in container["args"]
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/models", "/dev/shm"}
-    assert {v["name"] for v in spec["volumes"]} == {"models", "dshm"}
-    claim = objects["PersistentVolumeClaim"]
-    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
-    assert spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
-    other = ["deploy", str(repo), "--out", str(tmp_path / "x"), "--gpu-product", "NVIDIA-L4"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/models", "/dev/shm", "/tmp"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert set(volumes) == {"models", "dshm", "tmp"}
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True  # nobody writes
+    other = [
+        "deploy",
+        str(repo),
+        "--out",
+        str(tmp_path / "x"),
+        *BUCKET,
+        "--gpu-product",
+        "NVIDIA-L4",
+    ]
     refused = CliRunner().invoke(build_group, other)
     assert refused.exit_code != 0 and "load only there" in refused.output
     portable = _with_report(repo, tmp_path / "ampere", target="trt")
@@ -254,29 +349,32 @@ def test_pods_build_the_plans_of_a_pod_build(trt_pod_repo: Path, tmp_path: Path)
     assert report["plans"] == "pod" and report["triton_release"] == DEFAULT_RELEASE
     assert (pod_repo / "build_plans.py").is_file() and (pod_repo / "plans.json").is_file()
     out = tmp_path / "line"
-    objects = deploy(pod_repo, out, "--gpu-product", "NVIDIA-H200")
+    objects = deploy(pod_repo, out, "--gpu-product", "NVIDIA-H200", "--storage", "volume")
     spec = objects["Deployment"]["spec"]["template"]["spec"]
-    (init,) = spec["initContainers"]
+    inits = {c["name"]: c for c in spec["initContainers"]}
+    init = inits["build-plans"]
     container = _container(objects["Deployment"])
     assert init["image"] == container["image"] == IMAGE
-    assert init["command"][1:3] == [
-        "$(MODEL_REPOSITORY)/build_plans.py",
-        "--source=$(MODEL_REPOSITORY)",
-    ]
+    assert 'exec python3 "$MODEL_REPOSITORY/build_plans.py"' in init["args"][2]
     assert "--model-repository=/serving/repository" in container["args"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
-    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"] == "/models/repository"
+    assert objects["ConfigMap"]["data"]["MODEL_REPOSITORY"].startswith("/models/builds/")
     assert objects["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     # KServe's runtime has no plan step: no InferenceService, and sizing.json says why.
     assert not (out / "inferenceservice.yaml").exists()
     assert "initContainer" in json.loads((out / "sizing.json").read_text())["kserve"]
     runner = CliRunner()
+    volume = ["--storage", "volume"]
     for options, message in [
-        ([], "pass --gpu-product"),
-        (["--gpu-product", "NVIDIA H200"], "not a Kubernetes label value"),
-        (["--gpu-product", "NVIDIA-H200", "--image-tag", "26.06-py3"], "--triton-release 26.06"),
-        (["--gpu-product", "NVIDIA-H200", "--model-repository", "s3://plant/line"], "--plans here"),
-        (["--gpu-product", "NVIDIA-H200", "--model-repository", "/models"], "overlap"),
+        (volume, "pass --gpu-product"),
+        ([*volume, "--gpu-product", "NVIDIA H200"], "not a Kubernetes label value"),
+        ([*volume, "--gpu-product", "NVIDIA-H200", "--image-tag", "26.06-py3"], "26.06"),
+        (["--gpu-product", "NVIDIA-H200", *BUCKET], "--plans here"),
+        ([*volume, "--gpu-product", "NVIDIA-H200", "--model-repository", "/models"], "under"),
+        (
+            [*volume, "--gpu-product", "NVIDIA-H200", "--model-repository", "/models/plans/a"],
+            "overlap",
+        ),
     ]:
         result = runner.invoke(
             build_group, ["deploy", str(pod_repo), "--out", str(tmp_path / "x"), *options]
@@ -298,7 +396,8 @@ def test_refuses_the_embedded_target_and_existing_files(
     result = runner.invoke(build_group, ["deploy", str(ensemble_repo), "--out", str(tmp_path)])
     assert result.exit_code != 0 and "--target onnx" in result.output
     deploy(onnx_repo, tmp_path / "line")
-    again = runner.invoke(build_group, ["deploy", str(onnx_repo), "--out", str(tmp_path / "line")])
-    assert again.exit_code != 0 and "--force" in again.output
-    forced = ["deploy", str(onnx_repo), "--out", str(tmp_path / "line"), "--force"]
+    again = ["deploy", str(onnx_repo), "--out", str(tmp_path / "line"), *BUCKET]
+    result = runner.invoke(build_group, again)
+    assert result.exit_code != 0 and "--force" in result.output
+    forced = [*again, "--force"]
     assert runner.invoke(build_group, forced).exit_code == 0
