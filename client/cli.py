@@ -20,7 +20,7 @@ import numpy as np
 from dcam.client.results import is_true, latest_rows
 from dcam.client.run import Outcome, RunConfig, score_folder
 from dcam.client.score import ScoreConfig
-from dcam.client.status import format_status, line_status, scrape
+from dcam.client.status import format_status, line_status, prometheus_status, read_pages
 from dcam.client.transport import ClientTls
 from dcam.client.triton import SHM_MODES
 from dcam.core.cli import EXISTING_FILE, default, reports_errors
@@ -41,16 +41,22 @@ def _run(name: str):
     return default(RunConfig, name)
 
 
-def _tls(on: bool, root: str | None, cert: str | None, key: str | None) -> ClientTls | None:
-    if not (on or root or cert or key):
+TLS_OPTIONS = ("tls_on", "tls_root_cert", "tls_cert", "tls_key", "tls_server_name")
+
+
+def _tls(
+    on: bool, root: str | None, cert: str | None, key: str | None, server_name: str | None
+) -> ClientTls | None:
+    if not (on or root or cert or key or server_name):
         return None
-    return ClientTls(*(Path(p) if p else None for p in (root, cert, key)))
+    files = (Path(p) if p else None for p in (root, cert, key))
+    return ClientTls(*files, server_name=server_name)
 
 
 def _configs(options: dict) -> tuple[ScoreConfig, RunConfig]:
-    """The score options as the two configs: RunConfig's by field name, the four --tls* options
+    """The score options as the two configs: RunConfig's by field name, the five --tls* options
     as ScoreConfig's `tls`, the rest ScoreConfig's as they are."""
-    tls = _tls(*(options.pop(k) for k in ("tls_on", "tls_root_cert", "tls_cert", "tls_key")))
+    tls = _tls(*(options.pop(k) for k in TLS_OPTIONS))
     run = RunConfig(**{f.name: options.pop(f.name) for f in dataclasses.fields(RunConfig)})
     return ScoreConfig(**options, tls=tls, keep_maps=run.heatmaps is not None), run
 
@@ -155,6 +161,12 @@ def _configs(options: dict) -> tuple[ScoreConfig, RunConfig]:
 )
 @click.option("--tls-key", type=EXISTING_FILE, default=None, help="PEM key of --tls-cert.")
 @click.option(
+    "--tls-server-name",
+    default=None,
+    help="Name the server's certificate must carry (implies --tls). Default: the host of "
+    "--url; for dns:///NAME:port, NAME for every address it resolves to.",
+)
+@click.option(
     "--api-key",
     envvar="DCAM_API_KEY",
     default=_d("api_key"),
@@ -234,13 +246,37 @@ def auroc_command(results: str) -> None:
 @client_group.command("status", context_settings={"show_default": True})
 @click.option(
     "--metrics-url",
-    default=f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics",
+    default=None,
     help="Triton's metrics endpoint (dcam-serve --metrics-port; port "
-    f"{DEFAULT_METRICS_PORT} of a pod).",
+    f"{DEFAULT_METRICS_PORT} of a pod), or dns:///name:port for every pod behind a headless "
+    "Service, read and merged. Default: "
+    f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics.",
+)
+@click.option(
+    "--prometheus-url",
+    default=None,
+    help="Read the figures from Prometheus instead (http://prometheus:9090), summed over "
+    "every pod it scrapes.",
+)
+@click.option(
+    "--namespace",
+    default=None,
+    help="With --prometheus-url: the line's namespace, needed when Prometheus watches several.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @reports_errors
-def status_command(metrics_url: str, as_json: bool) -> None:
-    """Print the line's status per product: images, anomaly rate, median score, drift."""
-    status = line_status(scrape(metrics_url))
+def status_command(
+    metrics_url: str | None, prometheus_url: str | None, namespace: str | None, as_json: bool
+) -> None:
+    """Print the line's status per product: images, anomaly rate, median score, drift; and how
+    many pods the figures are from."""
+    if metrics_url and prometheus_url:
+        raise click.UsageError("give --metrics-url or --prometheus-url, not both")
+    if namespace and not prometheus_url:
+        raise click.UsageError("--namespace selects series in Prometheus: give --prometheus-url")
+    if prometheus_url:
+        status = prometheus_status(prometheus_url, namespace)
+    else:
+        url = metrics_url or f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics"
+        status = line_status(*read_pages(url))
     click.echo(json.dumps(status, indent=1) if as_json else format_status(status))

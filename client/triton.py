@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from dcam.client.shm import Region, RegionPool
 from dcam.client.transport import ClientTls, api_key_headers
 from dcam.core.errors import ClientError, RetryableError
 from dcam.core.names import IMAGE, OUTPUTS
-from dcam.core.network import is_loopback, url_host
+from dcam.core.network import address_url, is_loopback, url_host
 from dcam.core.scoring import SCORING_PARAMETER, ScoringSpec
 
 # What tritonclient reports as InferenceServerException.status() for a server that is down,
@@ -218,7 +219,8 @@ class ServerPool:
         self.urls = list(urls)
         self.servers = [Server(u, protocol, tls, api_key) for u in urls if not is_name_target(u)]
         names = [NameTarget.parse(u) for u in urls if is_name_target(u)]
-        self.discovery = Discovery(names, resolve_every_s, resolver)
+        self._found_behind: dict[str, str] = {}  # server URL -> the dns:/// name it came from
+        self.discovery = Discovery(names, resolve_every_s, self._noting_names(resolver))
         self._retired: list[Server] = []  # dropped by their name: closed at the end
         self.model, self.timeout_s = model, timeout_s
         self.retries, self.backoff_s = retries, backoff_s
@@ -260,6 +262,27 @@ class ServerPool:
                 continue
             self.notes.append(f"{server.url}: images through shared memory")
 
+    def _noting_names(self, resolver: Resolver) -> Resolver:
+        """`resolver`, noting the name behind each address it returns (see `_discovered`)."""
+
+        def resolve(host: str, port: int) -> list[str]:
+            addresses = resolver(host, port)
+            self._found_behind.update({address_url(a, port): host for a in addresses})
+            return addresses
+
+        return resolve
+
+    def _discovered(self, url: str) -> Server:
+        """A server found behind a dns:/// name. With TLS its certificate is checked against
+        that name (the one a Service's certificate carries), not the pod address dialled,
+        unless a server name was given."""
+        protocol, tls, api_key = self._server_args
+        if tls is not None and tls.server_name is None and url in self._found_behind:
+            tls = dataclasses.replace(tls, server_name=self._found_behind[url])
+        server = Server(url, protocol, tls, api_key)
+        server.discovered = True
+        return server
+
     def _reads_shared_memory(self, server: Server) -> bool:
         mode = self.shm_mode
         return mode == "system" or (mode == "auto" and is_loopback(url_host(server.url)))
@@ -278,8 +301,7 @@ class ServerPool:
         urls = await self.discovery.resolve()
         known = {s.url for s in self.servers}
         for url in sorted(urls - known):
-            server = Server(url, *self._server_args)
-            server.discovered = True
+            server = self._discovered(url)
             if self.regions is not None and self._reads_shared_memory(server):
                 self._attach(server)
             self.servers.append(server)

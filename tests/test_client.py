@@ -19,7 +19,7 @@ from PIL import Image
 
 from dcam.build.verify import reference_outputs
 from dcam.client import shm
-from dcam.client.cli import client_group
+from dcam.client.cli import TLS_OPTIONS, client_group
 from dcam.client.results import read_results, row_path
 from dcam.client.score import ScoreConfig, Scorer, score_paths
 from dcam.core.images import load_image
@@ -352,7 +352,7 @@ def test_client_never_imports_torch() -> None:
 
 
 def test_score_options_are_the_fields_of_score_and_run_configs() -> None:
-    """Each `score` option is a field of one config; the four --tls* options make `tls`, and
+    """Each `score` option is a field of one config; the --tls* options make `tls`, and
     --heatmaps makes `keep_maps`."""
     from dataclasses import fields
 
@@ -362,7 +362,7 @@ def test_score_options_are_the_fields_of_score_and_run_configs() -> None:
     run = {f.name for f in fields(RunConfig)}
     score = {f.name for f in fields(ScoreConfig)} - {"tls", "keep_maps"}
     assert not run & score
-    assert options == run | score | {"tls_on", "tls_root_cert", "tls_cert", "tls_key"}
+    assert options == run | score | set(TLS_OPTIONS)
 
 
 def test_dead_server_among_several_is_taken_out(server, synthetic_root: Path) -> None:
