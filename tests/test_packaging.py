@@ -250,8 +250,9 @@ def test_docs_commands_exist() -> None:
         for code in _code(path):
             for tool in re.findall(r"\.venv/bin/([\w.-]+)", code):
                 assert tool in scripts or tool in venv_tools, f"{_name(path)}: .venv/bin/{tool}"
-            # A command is dcam-<word> followed by its arguments (`dcam-api-key` is a header).
-            for tool, sub in re.findall(r"(?<![\w.-])(dcam-[a-z]+)(?: +([a-z][\w-]*))?", code):
+            # A command is dcam-<word> and its arguments (`dcam-api-key` is a header; a name
+            # after a slash, e.g. dns:///dcam-triton-pods, is a host).
+            for tool, sub in re.findall(r"(?<![\w./-])(dcam-[a-z]+)(?: +([a-z][\w-]*))?", code):
                 if tool not in scripts and " " not in code.strip():
                     continue
                 assert tool in scripts, f"{_name(path)} shows {tool}, not a console script"
