@@ -111,7 +111,9 @@ def pod_patch(
                 volumes.append({"name": VOLUME, "persistentVolumeClaim": claim})
     elif cfg.gpu_product:
         raise ConfigError("--gpu-product applies to builds whose networks run on a GPU")
-    cache_mounts, cache_volumes = engine_cache_patch(report, volume)
+    cache_mounts, cache_volumes = engine_cache_patch(
+        report, volume, annotations[f"{ANNOTATION}/build"]
+    )
     if cache_volumes:  # the claim writable for the cache mount: it replaces a read-only one
         volumes = [v for v in volumes if v["name"] != VOLUME or "$patch" in v]
     mounts += cache_mounts
@@ -188,6 +190,8 @@ def kustomization(
         patches.append(keda_namespace_patch(deploy_dir, cfg.namespace))
     if cfg.monitoring:
         patches += deploy_components.release_label_patches(cfg.prometheus_release)
+    if cfg.tls and cfg.entry == "ingress-nginx":
+        patches.append(deploy_components.ingress_tls_patch())
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -225,6 +229,11 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict | str]:
     tag, name = image_tag(report, cfg.image_tag), image_name(read_configs(repo), cfg.image)
     digest = build_digest(repo)
     store = deploy_storage.storage(cfg.storage, cfg.model_repository, digest, plans_in_pod(report))
+    if store.volume and not cfg.loader_image:
+        raise ConfigError(
+            "--storage volume: pass --loader-image with your registry's name for the loader "
+            "image (e.g. registry.example.com/dcam-repository), which the cluster pulls"
+        )
     annotations = {
         f"{ANNOTATION}/model": ENSEMBLE_MODEL,
         f"{ANNOTATION}/layout": report["layout"],
@@ -233,6 +242,9 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict | str]:
         f"{ANNOTATION}/build": digest,
     }
     patch = pod_patch(cfg, report, resources, annotations, store.volume)
+    if not store.volume:  # Triton copies an object-store repository into /tmp before loading
+        tmp = {"name": "tmp", "emptyDir": {"sizeLimit": f"{size.storage_gib + 2}Gi"}}
+        patch["spec"]["template"]["spec"].setdefault("volumes", []).append(tmp)
     images_ = [{"name": TRITON_IMAGE, **({"newName": name} if name else {}), "newTag": tag}]
     if store.volume:
         images_.append(store.loader_image(cfg.loader_image))
@@ -265,7 +277,7 @@ def overlay_files(cfg: DeployConfig) -> dict[str, dict | str]:
         **asdict(size),
         "source": str(repo.resolve()),
         "repository": store.repository,
-        "next_steps": store.next_steps(repo, cfg.loader_image)
+        "next_steps": store.next_steps(repo, cfg.loader_image, Path(cfg.out))
         + ([ENGINES_REBUILT] if engine_cache(report) and not store.volume else []),
     }
     return {**files, "sizing.json": {**sizing_json, "kserve": kserve or "inferenceservice.yaml"}}

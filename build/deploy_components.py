@@ -24,6 +24,7 @@ ENTRY = {
     "ingress-nginx": "components/ingress-nginx-grpc",
 }
 TLS = "components/tls"  # gRPC over TLS and the locked control APIs, from Secrets
+GATEWAY_TLS = "components/gateway-tls"  # the Gateway dials TLS pods: a BackendTLSPolicy
 MONITORING = "monitoring"  # PodMonitor, alert rules, dashboard (Prometheus Operator)
 
 
@@ -36,8 +37,17 @@ def chosen(volume: bool, autoscaling: str, entry: str, tls: bool, monitoring: bo
         *([AUTOSCALING[autoscaling]] if AUTOSCALING[autoscaling] else []),
         *([ENTRY[entry]] if ENTRY[entry] else []),
         *([TLS] if tls else []),
+        *([GATEWAY_TLS] if tls and entry == "gateway" else []),
         *([MONITORING] if monitoring else []),
     ]
+
+
+def ingress_tls_patch() -> dict:
+    """ingress-nginx speaks TLS to pods that serve it (components/tls): backend protocol GRPCS
+    (ingress-nginx docs/examples/grpc)."""
+    key = "/metadata/annotations/nginx.ingress.kubernetes.io~1backend-protocol"
+    operation = [{"op": "replace", "path": key, "value": "GRPCS"}]
+    return {"patch": yaml.safe_dump(operation), "target": {"kind": "Ingress"}}
 
 
 def release_label_patches(release: str) -> list[dict]:

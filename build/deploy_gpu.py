@@ -87,13 +87,14 @@ def engine_cache(report: dict) -> str | None:
     return config.get("onnx_engine_cache", "/tmp/dcam-ort-trt-cache")
 
 
-def engine_cache_patch(report: dict, volume: bool) -> tuple[list[dict], list[dict]]:
+def engine_cache_patch(report: dict, volume: bool, digest: str) -> tuple[list[dict], list[dict]]:
     """(mounts, volumes) that keep ONNX Runtime's TensorRT engines on the model volume, so a new
     pod loads them instead of building them for minutes; nothing without a volume (object
     storage), where the next steps say so. Triton's own /models mount stays read-only."""
     cache = engine_cache(report)
     if cache is None or not volume:
         return [], []
-    mount = {"name": "models", "mountPath": cache, "subPath": ENGINE_CACHE_SUBPATH}
+    # Per build: ONNX Runtime's cache must not outlive its model (ORT's TensorRT EP docs).
+    mount = {"name": "models", "mountPath": cache, "subPath": f"{ENGINE_CACHE_SUBPATH}/{digest}"}
     claim = {"claimName": "dcam-models", "readOnly": False}  # each mount sets its own mode
     return [mount], [{"name": "models", "persistentVolumeClaim": claim}]

@@ -50,7 +50,7 @@ class Storage:
         """The kustomize images entry for the loader Job's image."""
         return {"name": LOADER_IMAGE, "newName": name or LOADER_IMAGE, "newTag": self.digest}
 
-    def next_steps(self, repo: Path, loader_image: str | None) -> list[str]:
+    def next_steps(self, repo: Path, loader_image: str | None, out: Path) -> list[str]:
         """What the plant runs to put the build in place, before `kubectl apply`."""
         if not self.volume:
             store = next(s for s in OBJECT_STORES if self.repository.startswith(s))
@@ -58,7 +58,8 @@ class Storage:
             return [f"upload the build: {upload}"]
         image = f"{loader_image or LOADER_IMAGE}:{self.digest}"
         return [
-            f"build the loader image: docker build -f repository.Dockerfile -t {image} "
+            f"build the loader image: docker build -f {out.resolve() / 'repository.Dockerfile'} "
+            f"-t {image} "
             f"{repo.resolve()} && docker push {image}",
             "the loader Job copies it onto the volume when the overlay is applied",
         ]

@@ -20,9 +20,10 @@ from dcam.build.cli import build_group
 from tests.kserve_rules import kserve_problems
 from tests.test_crd_schemas import is_core, validate
 from tests.test_deploy import DEPLOY, components, render
-from tests.test_deploy_step import BUCKET, _with_report, onnx_repo  # noqa: F401 (fixture)
+from tests.test_deploy_step import BUCKET, LOADER, _with_report, onnx_repo  # noqa: F401 (fixture)
 
 CHECKOV = Path(__file__).resolve().parents[1] / ".ci" / "checkov-venv" / "bin" / "checkov"
+VOLUME = ("--storage", "volume", "--loader-image", LOADER)
 EVERY = [c for c in components() if "autoscaling-keda" not in c]  # one autoscaler at a time
 
 
@@ -80,9 +81,9 @@ def test_overlays_dcam_build_deploy_writes_pass(onnx_repo: Path, tmp_path: Path)
     trt = _with_report(onnx_repo, tmp_path / "trt", target="trt")
     cases = {
         "cpu-object": (onnx_repo, [*BUCKET, "--autoscaling", "keda", "--entry", "gateway"]),
-        "cpu-volume": (onnx_repo, ["--storage", "volume", "--tls", "--monitoring"]),
+        "cpu-volume": (onnx_repo, [*VOLUME, "--tls", "--monitoring"]),
         "gpu-object": (trt, [*BUCKET, "--autoscaling", "hpa", "--entry", "ingress-nginx"]),
-        "gpu-volume": (trt, ["--storage", "volume", "--tls", "--monitoring"]),
+        "gpu-volume": (trt, [*VOLUME, "--tls", "--monitoring"]),
     }
     rendered = {}
     for name, (repo, options) in cases.items():

@@ -139,7 +139,8 @@ def test_gpu_pods_build_their_plans_in_their_own_image_on_the_volume() -> None:
     script = " ".join(init["args"])
     assert init["args"][:2] == ["sh", "-c"] and 'until [ -d "$MODEL_REPOSITORY" ]' in script
     assert f'exec python3 "$MODEL_REPOSITORY/{SCRIPT}" --source="$MODEL_REPOSITORY"' in script
-    assert "--cache=/models/plans --link=/serving/repository" in script
+    # One cache per build: a new build never links to an older build's plans.
+    assert '--cache="/models/plans/${MODEL_REPOSITORY##*/}" --link=/serving/repository' in script
     assert init["envFrom"][0] == triton["envFrom"][0]  # the ConfigMap: MODEL_REPOSITORY
     assert init["resources"]["limits"]["nvidia.com/gpu"] == "1"  # it builds on the GPU
     mounts = {m["mountPath"]: m for m in init["volumeMounts"]}

@@ -37,12 +37,15 @@ IMAGE = f"nvcr.io/nvidia/tritonserver:{DEFAULT_RELEASE}-py3"
 
 
 BUCKET = ("--model-repository", "s3://plant/line")  # object storage, the default
+LOADER = "registry.example.com/dcam-repository"  # the loader image, for --storage volume
 
 
 def deploy(repo: Path, out: Path, *options: str) -> dict[str, dict]:
     """`dcam-build deploy` (into the test bucket unless storage is given), rendered, validated."""
     if not {"--storage", "--model-repository"} & set(options):
         options = (*BUCKET, *options)
+    if "volume" in options and "--loader-image" not in options:
+        options = (*options, "--loader-image", LOADER)
     result = CliRunner().invoke(build_group, ["deploy", str(repo), "--out", str(out), *options])
     assert result.exit_code == 0, result.output
     assert f"kubectl apply -k {out}" in result.output
@@ -104,6 +107,8 @@ def test_cpu_overlay_carries_the_build(onnx_repo: Path, tmp_path: Path) -> None:
     assert "PersistentVolumeClaim" not in objects
     volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes == {"dshm", "tmp"}  # /dev/shm for the Python backend, /tmp: a read-only root
+    (tmp,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"]
+    assert tmp["emptyDir"]["sizeLimit"] == f"{sizing['storage_gib'] + 2}Gi"  # the s3 copy fits
     assert all(m["mountPath"] != "/models" for m in container["volumeMounts"])
 
 
@@ -132,7 +137,9 @@ def test_a_volume_repository_is_loaded_by_a_job_into_its_own_folder(
     dockerfile = (out / "repository.Dockerfile").read_text()
     assert "COPY . /repository" in dockerfile and "USER 1000:1000" in dockerfile
     steps = json.loads((out / "sizing.json").read_text())["next_steps"]
-    assert steps[0].startswith("build the loader image: docker build -f repository.Dockerfile")
+    assert steps[0].startswith(
+        f"build the loader image: docker build -f {out / 'repository.Dockerfile'}"
+    )
     service = yaml.safe_load((out / "inferenceservice.yaml").read_text())
     uri = service["spec"]["predictor"]["model"]["storageUri"]
     assert uri == f"pvc://dcam-models/builds/{digest}"
@@ -158,8 +165,17 @@ def test_an_overlay_asked_for_entry_tls_and_monitoring_carries_them(
     for kind in ("PodMonitor", "PrometheusRule"):
         assert objects[kind]["metadata"]["labels"]["release"] == "prom"
         assert objects[kind]["metadata"]["namespace"] == "line"
+    # TLS pods behind the entry: the Gateway dials them with TLS, nginx speaks GRPCS.
+    policy = objects["BackendTLSPolicy"]["spec"]
+    assert policy["targetRefs"][0]["name"] == "dcam-triton"
+    assert policy["validation"]["hostname"] == "dcam-triton"
     nginx = deploy(onnx_repo, tmp_path / "nginx", "--namespace", "line", "--entry", "ingress-nginx")
     assert nginx["Ingress"]["metadata"]["namespace"] == "line"
+    annotation = "nginx.ingress.kubernetes.io/backend-protocol"
+    assert nginx["Ingress"]["metadata"]["annotations"][annotation] == "GRPC"
+    secured = deploy(onnx_repo, tmp_path / "nginx-tls", "--entry", "ingress-nginx", "--tls")
+    assert secured["Ingress"]["metadata"]["annotations"][annotation] == "GRPCS"
+    assert "BackendTLSPolicy" not in secured
 
 
 def test_autoscaling_owns_the_replica_count(onnx_repo: Path, tmp_path: Path) -> None:
@@ -200,7 +216,11 @@ def test_gpu_accelerated_onnx_build_goes_to_gpu_nodes(onnx_repo: Path, tmp_path:
     kept = deploy(repo, tmp_path / "kept", "--storage", "volume")
     mounts = {m["mountPath"]: m for m in _container(kept["Deployment"])["volumeMounts"]}
     cache = "/tmp/dcam-ort-trt-cache"  # the build's --onnx-engine-cache, on the volume now
-    assert mounts[cache]["subPath"] == "ort-trt-cache" and not mounts[cache].get("readOnly")
+    digest = kept["Deployment"]["spec"]["template"]["metadata"]["annotations"][
+        f"{ANNOTATION}/build"
+    ]
+    assert mounts[cache]["subPath"] == f"ort-trt-cache/{digest}"  # per build, on the volume
+    assert not mounts[cache].get("readOnly")
     assert mounts["/models"]["readOnly"]  # Triton's view of the builds stays read-only
     volumes = {v["name"]: v for v in kept["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is False
@@ -364,7 +384,7 @@ def test_pods_build_the_plans_of_a_pod_build(trt_pod_repo: Path, tmp_path: Path)
     assert not (out / "inferenceservice.yaml").exists()
     assert "initContainer" in json.loads((out / "sizing.json").read_text())["kserve"]
     runner = CliRunner()
-    volume = ["--storage", "volume"]
+    volume = ["--storage", "volume", "--loader-image", LOADER]
     for options, message in [
         (volume, "pass --gpu-product"),
         ([*volume, "--gpu-product", "NVIDIA H200"], "not a Kubernetes label value"),
