@@ -8,7 +8,7 @@ import re
 
 import kubernetes_validate
 
-KUBERNETES = "1.32.0"  # as tests/test_deploy.py
+from tests.test_deploy import KUBERNETES
 
 # KServe publishes no package of its CRD's schema; these are its documented rules.
 # [webhook] https://github.com/kserve/kserve/blob/master/pkg/apis/serving/v1beta1/inference_service_validation.go

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tools import require
+from tests.tools import promtool, require
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "monitoring" / "prometheusrule.yaml"
@@ -34,10 +34,6 @@ def rules(tmp_path: Path) -> Path:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     shutil.copy(TESTS, tmp_path / TESTS.name)
     return tmp_path
-
-
-def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_rules_parse(rules: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import yaml
 
 from dcam.build.config import QUEUE_TIMEOUT_MS
 from dcam.core.names import CALIBRATE_MODEL, ENSEMBLE_MODEL, ENTRY_MODELS, POSTPROCESS_MODEL
+from tests.tools import promtool, require
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 HPA = DEPLOY / "components" / "autoscaling-hpa"
@@ -31,15 +31,6 @@ STEPS = {*ENTRY_MODELS, POSTPROCESS_MODEL, CALIBRATE_MODEL}
 # The placeholder `dcam-build deploy` replaces with the overlay's namespace in the KEDA query.
 NAMESPACE_TOKEN = 'namespace="dcam"'
 OVERLAY_NAMESPACE = "line-3"
-
-
-def require(tool: str, why: str) -> None:
-    """Skip without a tool locally; fail under CI, where every check must run."""
-    if shutil.which(tool) is not None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{tool} is missing: {why} (CI=true: a missing tool is a failure)")
-    pytest.skip(f"{tool} is needed: {why}")
 
 
 def render(tmp_path: Path, component: Path, **extra: object) -> dict[str, dict]:
@@ -209,10 +200,6 @@ def rules(tmp_path: Path) -> Path:
     group = {"name": "dcam-autoscaling", "rules": recorded}
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [group]}))
     return tmp_path
-
-
-def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_queries_parse(rules: Path) -> None:

@@ -8,8 +8,6 @@ the test's resolver stands in for the cluster's DNS. Certificates come from the 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from dcam.core.errors import ClientError, ConfigError
 from dcam.core.network import url_host
 from dcam.serve.security import GrpcTls
 from dcam.serve.server import ServerConfig, TritonServer
+from tests.tools import certificates
 
 NAME = "dcam-triton-pods.test"  # the only name in the server's certificate
 
@@ -45,22 +44,7 @@ def test_a_server_name_overrides_the_target_name_and_keeps_the_message_limits() 
 @pytest.fixture(scope="module")
 def name_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA and a server certificate it signed for NAME alone."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is needed to make test certificates")
-    folder = tmp_path_factory.mktemp("name-certs")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=ca")
-    (folder / "san.ext").write_text(f"subjectAltName=DNS:{NAME}\n")
-    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={NAME}")
-    run(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext",
-    )  # fmt: skip
-    return folder
+    return certificates(tmp_path_factory.mktemp("name-certs"), f"DNS:{NAME}", {"server": NAME})
 
 
 @pytest.fixture(scope="module")

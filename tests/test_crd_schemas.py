@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,12 +22,13 @@ import pytest
 import yaml
 
 from tests.kserve_rules import kserve_problems
+from tests.test_deploy import KUBERNETES
+from tests.tools import require_that
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 VALIDATOR = ROOT / "tests" / "crd_validate.mjs"
 SETUP = ".ci/crd-schemas.sh"
-KUBERNETES = "1.32.0"  # as tests/test_deploy.py
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 # What deploy/ must carry somewhere, so that a discovery that finds nothing cannot pass.
@@ -38,15 +38,6 @@ EXPECTED = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ISVC,
 }
-
-
-def require(present: bool, reason: str) -> None:
-    """Skip without a tool locally; fail under CI, where every check must run."""
-    if present:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: a missing tool is a failure)")
-    pytest.skip(reason)
 
 
 # --- Discovery: which folders render, which files hold objects --------------------------------
@@ -116,11 +107,13 @@ def load(source: str) -> list[dict] | str:
 
 def validate(objects: list[dict]) -> tuple[int, list[dict]]:
     """Run tests/crd_validate.mjs on objects; its exit code and one result per object."""
-    require(shutil.which("node") is not None, "node is needed for the CRD schemas (Node.js 22)")
+    require_that(
+        shutil.which("node") is not None, "node is needed for the CRD schemas (Node.js 22)"
+    )
     out = subprocess.run(
         ["node", str(VALIDATOR)], input=json.dumps(objects), capture_output=True, text=True
     )
-    require(out.returncode != 3, out.stderr.strip())
+    require_that(out.returncode != 3, out.stderr.strip())
     assert out.returncode in (0, 1), out.stderr
     return out.returncode, [json.loads(line) for line in out.stdout.splitlines()]
 
@@ -139,7 +132,7 @@ def is_core(obj: dict) -> bool:
 @pytest.fixture(scope="module")
 def checked() -> dict[str, list[tuple[dict, dict]] | str]:
     """Every source's objects, each with its validator result (one validator run for all)."""
-    require(shutil.which("kubectl") is not None, "kubectl (with kustomize) renders deploy/")
+    require_that(shutil.which("kubectl") is not None, "kubectl (with kustomize) renders deploy/")
     loaded = {source: load(source) for source in SOURCES}
     readable = {source: objs for source, objs in loaded.items() if not isinstance(objs, str)}
     _, results = validate([o for objects in readable.values() for o in objects])

@@ -3,8 +3,6 @@ that speaks both. Certificates are made by the test with the openssl command lin
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +20,7 @@ from dcam.core.errors import ClientError, ConfigError
 from dcam.serve.cli import serve_command
 from dcam.serve.security import RESTRICTED_APIS, GrpcTls, restricted_api_args
 from dcam.serve.server import ServerConfig, TritonServer
+from tests.tools import certificates
 
 KEY = "k-3f9a2c"
 
@@ -74,23 +73,10 @@ def test_serve_cli_wants_certificate_and_key_together(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA, and a server and a client certificate it signed, valid for 127.0.0.1."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is needed to make test certificates")
     folder = tmp_path_factory.mktemp("certs")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=ca")
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for who in ("server", "client"):
-        run("req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr", "-subj", f"/CN={who}")
-        run(
-            "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{who}.pem", "-days", "1", "-extfile", "san.ext",
-        )  # fmt: skip
-    return folder
+    return certificates(
+        folder, "IP:127.0.0.1,DNS:localhost", {"server": "server", "client": "client"}
+    )
 
 
 def _refused(call) -> str:
