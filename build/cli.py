@@ -21,6 +21,8 @@ from dcam.build.config import (
     BuildConfig,
 )
 from dcam.build.deploy import DeployConfig
+from dcam.build.deploy_components import AUTOSCALING, ENTRY
+from dcam.build.deploy_storage import STORAGE
 from dcam.build.releases import DEFAULT_RELEASE, RELEASES
 from dcam.core.cli import default, reports_errors
 from dcam.core.network import DEFAULT_GRPC_PORT
@@ -215,7 +217,7 @@ def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
 @click.option("--out", required=True, type=click.Path(), help="Folder for the overlay.")
 @click.option(
     "--storage",
-    type=click.Choice(["object", "volume"]),
+    type=click.Choice(STORAGE),
     default=_deploy("storage"),
     help="Where builds live: object storage Triton reads itself, or a ReadWriteMany volume "
     "filled by a loader Job (needed when the pods build their plans).",
@@ -234,13 +236,13 @@ def verify_command(repo: str, run_dir: str | None, tolerance: float) -> None:
 )
 @click.option(
     "--autoscaling",
-    type=click.Choice(["none", "hpa", "keda"]),
+    type=click.Choice(list(AUTOSCALING)),
     default=_deploy("autoscaling"),
     help="Scale on Triton's queue time: hpa (prometheus-adapter) or keda; none: --replicas.",
 )
 @click.option(
     "--entry",
-    type=click.Choice(["none", "gateway", "ingress-nginx"]),
+    type=click.Choice(list(ENTRY)),
     default=_deploy("entry"),
     help="A gRPC entry for line PCs outside the cluster: a Gateway API GRPCRoute, or an "
     "ingress-nginx Ingress (deploy/README.md).",
