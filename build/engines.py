@@ -1,14 +1,15 @@
 """`dcam-build engines`: a training run in, a Triton model repository out.
 
 Reads RUN_DIR (`manifest.json`, `teacher.pt`, `student.pt`); writes OUT with the models, their
-configs, the training manifest and `build_report.json` (versions, shapes, parity errors,
-timings). Everything is assembled in a temporary folder beside OUT and renamed at the end, so a
-failed build leaves nothing that looks valid.
+configs, the training manifest and `build_report.json` (the build id, versions, shapes, parity
+errors, timings). Everything is assembled in a temporary folder beside OUT and renamed at the
+end, so a failed build leaves nothing that looks valid.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -117,6 +118,7 @@ def _runner(target: str) -> str | None:
 
 
 def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report, plans) -> None:
+    build_id = report["build_id"]
     for role in ROLES:
         net = load_feature_net(run_dir, manifest, role)
         onnx_path = _export_checked(net, role, manifest.levels, work, manifest, cfg, report)
@@ -126,17 +128,20 @@ def _write_ensemble(manifest, run_dir, cfg, target, work, tmp, report, plans) ->
         _place_engine(onnx_path, version, target, report, role, plans)
     teacher_io = report["models"]["teacher"]["io"]
     post_io = repo_mod.postprocess_io(manifest, teacher_io)
-    params = repo_mod.postprocess_params(manifest, teacher_io, cfg.on_gpu(target), cfg.drift_spec())
+    params = repo_mod.postprocess_params(
+        manifest, teacher_io, cfg.on_gpu(target), cfg.drift_spec(), build_id
+    )
     post = repo_mod.model_config(POSTPROCESS_MODEL, post_io, cfg, target, params, python=True)
     repo_mod.write_model(tmp, post, "postprocess.py")
     image = teacher_io["inputs"][0]
     ensemble = repo_mod.ensemble_config(
         ENSEMBLE_MODEL, image, teacher_io, post_io, cfg.max_batch_size
     )
-    repo_mod.write_model(tmp, repo_mod.publish_scoring(ensemble, manifest))
+    repo_mod.write_model(tmp, repo_mod.publish_scoring(ensemble, manifest, build_id))
 
 
 def _write_fused(manifest, run_dir, cfg, target, work, tmp, report, plans) -> None:
+    build_id = report["build_id"]
     net = fused_net(run_dir, manifest)
     outputs = [ANOMALY_MAP, RAW_SCORE]
     onnx_path = _export_checked(net, FUSED_MODEL, outputs, work, manifest, cfg, report)
@@ -149,12 +154,12 @@ def _write_fused(manifest, run_dir, cfg, target, work, tmp, report, plans) -> No
         repo_mod.calibrate_io(),
         cfg,
         "cpu",  # a few numbers per image: the CPU, whatever the target
-        repo_mod.calibrate_params(manifest, cfg.drift_spec()),
+        repo_mod.calibrate_params(manifest, cfg.drift_spec(), build_id),
         python=True,
     )
     repo_mod.write_model(tmp, calibrate, "calibrate.py")
     ensemble = repo_mod.fused_ensemble_config(ENSEMBLE_MODEL, io, cfg.max_batch_size)
-    repo_mod.write_model(tmp, repo_mod.publish_scoring(ensemble, manifest))
+    repo_mod.write_model(tmp, repo_mod.publish_scoring(ensemble, manifest, build_id))
 
 
 def build_repository(cfg: BuildConfig) -> dict:
@@ -169,6 +174,9 @@ def build_repository(cfg: BuildConfig) -> dict:
         "config": cfg.to_dict(),
         "target": target,
         "layout": layout,
+        # Names this repository: a calibration version folder must name the same build
+        # (core/served_calibration.py), and clients tag rows `<build_id>/<version>`.
+        "build_id": secrets.token_hex(6),
         "triton_release": cfg.triton_release,
         "run_dir": str(run_dir.resolve()),
         "models": {},

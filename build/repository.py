@@ -4,8 +4,10 @@ Each config.pbtxt is a `ModelConfig` message from Triton's own protobuf (shipped
 written with protobuf's text_format, so field names and enums are checked by construction. Every
 value comes from the manifest, the exported graphs' actual I/O and the build flags. The
 Python-backend sources come from the `dcam.model_repository` templates, with the scoring rule
-(`anomaly_map.py`, `scoring.py`) and `batching.py` copied beside them, so the repository also runs
-in a stock Triton container without dcam installed.
+(`anomaly_map.py`, `scoring.py`), `batching.py` and `served_calibration.py` copied beside them, so
+the repository also runs in a stock Triton container without dcam installed. Each build has a
+random `build_id`, a parameter of the deciding model and of `dcam`: a calibration version folder
+names the build it belongs to (core/served_calibration.py).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dcam.build.config import BuildConfig
-from dcam.core import anomaly_map, batching, calibration, drift, scoring
+from dcam.core import anomaly_map, batching, calibration, drift, scoring, served_calibration
 from dcam.core.drift import DRIFT_PARAMETER, DriftSpec
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
     ANOMALY_MAP,
     CALIBRATE_MODEL,
+    CALIBRATION_VERSION,
     FUSED_MODEL,
     IS_ANOMALOUS,
     POSTPROCESS_MODEL,
@@ -34,6 +37,7 @@ from dcam.core.names import (
     feature_name,
 )
 from dcam.core.scoring import SCORING_PARAMETER
+from dcam.core.served_calibration import BUILD_ID_PARAMETER
 
 DATA_TYPES = {
     "uint8": mc.TYPE_UINT8,
@@ -46,11 +50,13 @@ POSTPROCESS_OUTPUTS = [
     (ANOMALY_MAP, "float32", None),
     (SCORE, "float32", [1]),
     (IS_ANOMALOUS, "bool", [1]),
+    (CALIBRATION_VERSION, "int64", [1]),  # the deciding model's version: which calibration
 ]
 # Copied beside every Python-backend model: the scoring rule and the calibrator that owns the
-# decision, the request batching, the drift rule; the adapter that publishes line metrics and
-# the steps every Triton model shares (parameters, spec, one response per request).
-SUPPORT_MODULES = (anomaly_map, calibration, scoring, batching, drift)
+# decision, the request batching, the drift rule, the calibration a version folder serves; the
+# adapter that publishes line metrics and the steps every Triton model shares (parameters, spec,
+# one response per request).
+SUPPORT_MODULES = (anomaly_map, calibration, scoring, batching, drift, served_calibration)
 SUPPORT_TEMPLATES = ("line_metrics.py", "triton_model.py")
 
 
@@ -156,14 +162,18 @@ def postprocess_io(manifest: Manifest, teacher_io: dict) -> dict:
 
 
 def postprocess_params(
-    manifest: Manifest, teacher_io: dict, on_gpu: bool, drift_spec: DriftSpec | None
+    manifest: Manifest,
+    teacher_io: dict,
+    on_gpu: bool,
+    drift_spec: DriftSpec | None,
+    build_id: str,
 ) -> dict[str, str]:
     """What the post-processing model reads in `initialize`: tensor roles and the scoring rule."""
     levels = [o["name"] for o in teacher_io["outputs"]]
     return {
         "teacher_inputs": ",".join(feature_name("teacher", n) for n in levels),
         "student_inputs": ",".join(feature_name("student", n) for n in levels),
-        **calibrate_params(manifest, drift_spec),
+        **calibrate_params(manifest, drift_spec, build_id),
         "map_output": ANOMALY_MAP,
         # One BLAS thread: the maths is small, and spinning BLAS threads beside the busy
         # teacher/student instances slowed it 50x on a 2-core machine (benchmarks/README.md).
@@ -174,23 +184,30 @@ def postprocess_params(
 
 
 def calibrate_io() -> dict:
-    """The fused layout's calibration step: the raw score in, score and decision out."""
+    """The fused layout's calibration step: the raw score in; score, decision and the
+    calibration version out."""
     return {
         "inputs": [{"name": RAW_SCORE, "dtype": "float32", "dims": [1]}],
         "outputs": [
             {"name": SCORE, "dtype": "float32", "dims": [1]},
             {"name": IS_ANOMALOUS, "dtype": "bool", "dims": [1]},
+            {"name": CALIBRATION_VERSION, "dtype": "int64", "dims": [1]},
         ],
     }
 
 
-def calibrate_params(manifest: Manifest, drift_spec: DriftSpec | None) -> dict[str, str]:
-    """What every model applying the scoring rule reads: the record, its output names and, with
-    line metrics on, the drift rule."""
+def calibrate_params(
+    manifest: Manifest, drift_spec: DriftSpec | None, build_id: str
+) -> dict[str, str]:
+    """What every model applying the scoring rule reads: the record, the build it belongs to
+    (a version folder's calibration.json must name it), its output names and, with line metrics
+    on, the drift rule."""
     params = {
         SCORING_PARAMETER: manifest.scoring.to_json(),
+        BUILD_ID_PARAMETER: build_id,
         "score_output": SCORE,
         "decision_output": IS_ANOMALOUS,
+        "version_output": CALIBRATION_VERSION,
     }
     if drift_spec is not None:
         params[DRIFT_PARAMETER] = drift_spec.to_json()
@@ -198,7 +215,8 @@ def calibrate_params(manifest: Manifest, drift_spec: DriftSpec | None) -> dict[s
 
 
 def fused_ensemble_config(name: str, fused_io: dict, max_batch_size: int) -> mc.ModelConfig:
-    """`IMAGE -> fused (map, raw score) -> calibrate (score, decision)` as a Triton ensemble."""
+    """`IMAGE -> fused (map, raw score) -> calibrate (score, decision, calibration version)` as
+    a Triton ensemble."""
     image, (anomaly_map, raw) = fused_io["inputs"][0], fused_io["outputs"]
     calibrated = calibrate_io()["outputs"]
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
@@ -231,10 +249,12 @@ def ensemble_config(
     return config
 
 
-def publish_scoring(config: mc.ModelConfig, manifest: Manifest) -> mc.ModelConfig:
-    """The scoring record as a parameter of the model clients call, so a client can read each
-    product's calibration (for heatmaps on one scale per product) from the server itself."""
+def publish_scoring(config: mc.ModelConfig, manifest: Manifest, build_id: str) -> mc.ModelConfig:
+    """The scoring record and the build id as parameters of the model clients call, so a client
+    can read each product's calibration (for heatmaps on one scale per product) from the server
+    itself, and name each result's calibration `<build_id>/<version>`."""
     config.parameters[SCORING_PARAMETER].string_value = manifest.scoring.to_json()
+    config.parameters[BUILD_ID_PARAMETER].string_value = build_id
     return config
 
 

@@ -37,6 +37,9 @@ FIELDS = (
     "retryable",
     "latency_ms",
     "path_escaped",  # true: `path` holds \xNN escapes for bytes that are not UTF-8
+    # `<build_id>/<version>` of the served calibration that decided it; empty where the model
+    # answers no version (built before calibration versions). Last: older files lack it.
+    "calibration",
 )
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # os.fsdecode's surrogateescape for such bytes
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
@@ -83,6 +86,7 @@ class Result:
     retryable: bool | None = None  # for errors: transient (transport, overload), worth a retry
     latency_ms: float | None = None
     anomaly_map: np.ndarray | None = None
+    calibration: str | None = None  # `<build_id>/<version>` that decided it, where answered
 
     @property
     def ok(self) -> bool:

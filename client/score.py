@@ -1,7 +1,8 @@
 """Score production-line images through Triton: decode in a worker pool, batch, send with a
 bounded number of requests in flight, and stream results back as they arrive.
 
-Every path given comes back exactly once, with a score or with its error.
+Every path given comes back exactly once, with a score or with its error, and, where the model
+answers it, the calibration that decided it (`<build_id>/<version>`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,17 @@ import numpy as np
 from dcam.client.discovery import Resolver, resolve_addresses
 from dcam.client.results import Result
 from dcam.client.transport import ClientTls
-from dcam.client.triton import ServerPool
+from dcam.client.triton import ModelSpec, ServerPool
 from dcam.core.errors import ClientError, ConfigError, ImageError, RetryableError
 from dcam.core.images import load_image
-from dcam.core.names import ANOMALY_MAP, DECISION_OUTPUTS, IS_ANOMALOUS, OUTPUTS, SCORE
+from dcam.core.names import (
+    ANOMALY_MAP,
+    CALIBRATION_VERSION,
+    DECISION_OUTPUTS,
+    IS_ANOMALOUS,
+    OUTPUTS,
+    SCORE,
+)
 from dcam.core.network import DEFAULT_GRPC_PORT
 from dcam.core.scoring import ScoringSpec, request_parameters
 
@@ -99,13 +107,14 @@ class Scorer:
         self.decoders = ThreadPoolExecutor(config.workers, thread_name_prefix="dcam-decode")
         self.size: tuple[int, int] | None = None
         self.scoring: ScoringSpec | None = None  # what the served model publishes (heatmaps)
+        self.spec: ModelSpec | None = None  # its inputs, outputs and build, read at start
 
     async def start(self) -> None:
         spec = await self.pool.wait_ready(self.config.ready_timeout_s)
         if spec.height != spec.width:
             raise ClientError(f"model input {spec.height}x{spec.width} is not square")
         self.size = (spec.height, spec.width)
-        self.scoring = spec.scoring
+        self.scoring, self.spec = spec.scoring, spec
         if self.scoring is not None and self.config.category is not None:
             try:  # the same rule the server applies: refuse now, not once per file
                 self.scoring.calibration_for(self.config.category)
@@ -137,7 +146,7 @@ class Scorer:
                 out = await self.pool.infer(
                     np.stack([decoded[i] for i in good]),
                     request_parameters(self.config.threshold, category),
-                    OUTPUTS if self.config.keep_maps else DECISION_OUTPUTS,
+                    self.spec.output_names(OUTPUTS if self.config.keep_maps else DECISION_OUTPUTS),
                 )
             except ClientError as exc:
                 out = None
@@ -157,8 +166,15 @@ class Scorer:
                     is_anomalous=bool(out[IS_ANOMALOUS][k, 0]),
                     latency_ms=latency,
                     anomaly_map=out[ANOMALY_MAP][k] if self.config.keep_maps else None,
+                    calibration=self._calibration(out, k),
                 )
         return [results[i] for i in range(len(paths))]
+
+    def _calibration(self, out: dict, k: int) -> str | None:
+        """Image k's calibration, `<build_id>/<version>`; None where the model answers none."""
+        if CALIBRATION_VERSION not in out:
+            return None
+        return self.spec.calibration(int(out[CALIBRATION_VERSION][k, 0]))
 
     def _categorised(
         self, paths: Iterable[Path], category_of: CategoryOf | None, failed: list[Result]

@@ -31,9 +31,10 @@ from dcam.client.registration import ServerRegions
 from dcam.client.shm import Region, RegionPool
 from dcam.client.transport import ClientTls, api_key_headers
 from dcam.core.errors import ClientError, RetryableError
-from dcam.core.names import IMAGE, OUTPUTS
+from dcam.core.names import CALIBRATION_VERSION, IMAGE, OUTPUTS
 from dcam.core.network import address_url, is_loopback, url_host
 from dcam.core.scoring import SCORING_PARAMETER, ScoringSpec
+from dcam.core.served_calibration import BUILD_ID_PARAMETER
 
 # What tritonclient reports as InferenceServerException.status() for a server that is down,
 # restarting, overloaded (a full queue) or too slow: worth another try. Anything else (a bad
@@ -90,6 +91,17 @@ class ModelSpec:
     height: int
     width: int
     scoring: ScoringSpec | None = None  # the calibration per product, where the model publishes it
+    build_id: str | None = None  # the repository's build, where the model publishes it
+    # Whether the model answers CALIBRATION_VERSION: repositories built before it do not.
+    calibration_version: bool = False
+
+    def output_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """`names` plus the calibration version where the model answers it."""
+        return (*names, CALIBRATION_VERSION) if self.calibration_version else names
+
+    def calibration(self, version: int) -> str:
+        """A result's calibration as `<build_id>/<version>` (the version alone without an id)."""
+        return f"{self.build_id}/{version}" if self.build_id else str(version)
 
 
 class Server:
@@ -129,22 +141,27 @@ class Server:
         self.down_until = 0.0
 
     async def ready(self, model: str) -> bool:
+        """Whether `model` is ready here. Not the server's own readiness: under strict readiness
+        a server is not ready while any version of any model is not, e.g. a calibration version
+        that failed to load (a polling server retries it at every scan), though `model` keeps
+        serving the version before."""
         try:
-            return bool(await self.client.is_server_ready()) and bool(
-                await self.client.is_model_ready(model)
-            )
+            return bool(await self.client.is_model_ready(model))
         except Exception:
             return False
 
-    async def scoring_spec(self, model: str) -> ScoringSpec | None:
-        """The scoring record the served model publishes in its config (None: not published)."""
+    async def published(self, model: str) -> tuple[ScoringSpec | None, str | None]:
+        """The scoring record and the build id the served model publishes in its config
+        parameters (None: not published, an older build)."""
         if self.protocol == "grpc":
             reply = await self.client.get_model_config(model, as_json=True)
             config = reply["config"]
         else:
             config = await self.client.get_model_config(model)
-        value = config.get("parameters", {}).get(SCORING_PARAMETER, {}).get("string_value")
-        return ScoringSpec.from_json(value) if value else None
+        params = config.get("parameters", {})
+        value = params.get(SCORING_PARAMETER, {}).get("string_value")
+        build_id = params.get(BUILD_ID_PARAMETER, {}).get("string_value")
+        return (ScoringSpec.from_json(value) if value else None), (build_id or None)
 
     async def metadata(self, model: str) -> dict:
         if self.protocol == "grpc":
@@ -194,7 +211,7 @@ def parse_spec(metadata: dict, model: str) -> ModelSpec:
     missing = set(OUTPUTS) - outputs
     if missing:
         raise ClientError(f"model {model!r} lacks outputs {sorted(missing)}")
-    return ModelSpec(height, width)
+    return ModelSpec(height, width, calibration_version=CALIBRATION_VERSION in outputs)
 
 
 class ServerPool:
@@ -327,7 +344,7 @@ class ServerPool:
                 for server in ready:
                     server.mark_up()
                 spec = parse_spec(await ready[0].metadata(self.model), self.model)
-                spec.scoring = await ready[0].scoring_spec(self.model)
+                spec.scoring, spec.build_id = await ready[0].published(self.model)
                 return spec
             if time.monotonic() > deadline:
                 urls = ", ".join(self.urls)

@@ -10,8 +10,12 @@ IMAGE = "IMAGE"  # UINT8 NHWC RGB images at the model's size
 LEVELS = ("layer1", "layer2", "layer3")  # the feature levels teacher and student are matched on
 ANOMALY_MAP, SCORE, IS_ANOMALOUS = "anomaly_map", "score", "is_anomalous"
 RAW_SCORE = "raw_score"  # max of the map, before calibration (fused graph -> calibrate step)
-OUTPUTS = (ANOMALY_MAP, SCORE, IS_ANOMALOUS)
+OUTPUTS = (ANOMALY_MAP, SCORE, IS_ANOMALOUS)  # what every served repository answers
 DECISION_OUTPUTS = (SCORE, IS_ANOMALOUS)  # without the map: 256 KiB less per image at 256 px
+# INT64 [1] per image: the version of the deciding model, i.e. the calibration, that judged it
+# (core/served_calibration.py). Not in OUTPUTS: repositories built before it lack it, and the
+# client asks for it only where the model's metadata lists it.
+CALIBRATION_VERSION = "calibration_version"
 ENSEMBLE_MODEL = "dcam"  # the model a client calls, in both layouts
 ROLES = ("teacher", "student")
 POSTPROCESS_MODEL = "postprocess"  # ensemble layout: teacher || student -> postprocess

@@ -36,6 +36,14 @@ from dcam.serve.server import ServerConfig, TritonServer
 @click.option("--ready-timeout", type=float, default=default(ServerConfig, "ready_timeout_s"))
 @click.option("--log-verbose", type=int, default=default(ServerConfig, "log_verbose"))
 @click.option(
+    "--poll-secs",
+    type=click.IntRange(min=0),
+    default=default(ServerConfig, "poll_secs"),
+    help="Seconds between scans of REPO for new model versions, so a new calibration version "
+    "(a version folder of the deciding model) is served without a restart; one that fails to "
+    "load leaves the previous version serving. 0: no scans, REPO as at start.",
+)
+@click.option(
     "--api-key",
     envvar="DCAM_API_KEY",
     default=None,
@@ -64,6 +72,7 @@ def serve_command(
     metrics_port: int,
     ready_timeout: float,
     log_verbose: int,
+    poll_secs: int,
     api_key: str | None,
     grpc_server_cert: str | None,
     grpc_server_key: str | None,
@@ -82,6 +91,7 @@ def serve_command(
         metrics_port=metrics_port,
         ready_timeout_s=ready_timeout,
         log_verbose=log_verbose,
+        poll_secs=poll_secs,
         api_key=api_key,
         grpc_tls=_tls(grpc_server_cert, grpc_server_key, grpc_root_cert),
         keep_log=True,

@@ -2,7 +2,8 @@
 
 For machines without Docker or a GPU: `serve/runtime.py` lays the wheel's server out in a work
 folder with this interpreter's stub, checked to load; here we bind to 127.0.0.1, start it in its
-own process group, and wait until the models are ready.
+own process group, and wait until the models are ready. By default it polls the repository, so a
+new calibration version (core/served_calibration.py) is served without a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcam.core.errors import ServerError
+from dcam.core.errors import ConfigError, ServerError
 from dcam.core.network import address_url
 from dcam.serve.compat import check_embedded_server_can_serve
 from dcam.serve.runtime import prepare_runtime, server_env
@@ -44,6 +45,10 @@ class ServerConfig:
     api_key: str | None = None  # the key to the control APIs (serve/security.py)
     grpc_tls: GrpcTls | None = None  # TLS on gRPC; plain HTTP then binds loopback only
     keep_log: bool = False  # keep server.log after stop (dcam-serve does); else nothing is left
+    # Seconds between scans of the repository (Triton's model-control mode poll): a new version
+    # folder of the deciding model, a calibration, is loaded without a restart, and one that
+    # fails to load leaves the version before serving. 0: mode none, the repository as at start.
+    poll_secs: int = 2
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -106,6 +111,14 @@ class TritonServer:
             args += self.config.grpc_tls.args()
         return args
 
+    def model_control_args(self) -> list[str]:
+        """Triton's model-control flags for `poll_secs` (0: its default, mode none)."""
+        if self.config.poll_secs < 0:
+            raise ConfigError(f"poll_secs is {self.config.poll_secs}; give 0 (no polling) or more")
+        if self.config.poll_secs == 0:
+            return []
+        return ["--model-control-mode=poll", f"--repository-poll-secs={self.config.poll_secs}"]
+
     def start(self) -> TritonServer:
         repo = Path(self.config.repository)
         if not repo.is_dir():
@@ -141,13 +154,18 @@ class TritonServer:
             f"--log-verbose={self.config.log_verbose}",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *self.model_control_args(),
             *self.security_args(),
             *self.config.extra_args,
         ]
+        # No PYTHONDONTWRITEBYTECODE: the stubs get it and still write __pycache__ into the
+        # version folders (their embedded interpreter ignores it; measured with 2.51), so a
+        # polling server loads a new Python model version twice (review/versions.py).
+        env = server_env()
         # Own process group, so stopping it also ends the Python backend stubs.
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
 
     def log_tail(self, lines: int = 40) -> str:

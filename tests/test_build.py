@@ -68,7 +68,12 @@ def test_configs_parse_back_field_by_field(ensemble_repo: Path) -> None:
     assert spec.calibration.mean == glob["mean"]
     assert spec.sigma == manifest["scoring"]["sigma"]
     assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "yes"
-    assert [o.name for o in post.output] == ["anomaly_map", "score", "is_anomalous"]
+    assert [o.name for o in post.output] == [
+        "anomaly_map",
+        "score",
+        "is_anomalous",
+        "calibration_version",
+    ]
     assert list(post.output[0].dims) == [64, 64]
     assert post.output[2].data_type == model_config_pb2.TYPE_BOOL
 
@@ -100,13 +105,18 @@ def test_fused_repository(fused_repo: Path) -> None:
         "fused",
     ]
     config = parse_config(fused_repo / "dcam" / "config.pbtxt")
-    assert [o.name for o in config.output] == ["anomaly_map", "score", "is_anomalous"]
+    assert [o.name for o in config.output] == [
+        "anomaly_map",
+        "score",
+        "is_anomalous",
+        "calibration_version",
+    ]
     published = ScoringSpec.from_json(config.parameters["scoring"].string_value)
     assert published == Manifest.read(fused_repo).scoring  # clients read it (heatmap scales)
     fused = parse_config(fused_repo / "fused" / "config.pbtxt")
     assert [o.name for o in fused.output] == ["anomaly_map", "raw_score"]
     step = parse_config(fused_repo / "calibrate" / "config.pbtxt")
-    assert [o.name for o in step.output] == ["score", "is_anomalous"]
+    assert [o.name for o in step.output] == ["score", "is_anomalous", "calibration_version"]
     assert step.backend == "python" and step.output[1].data_type == model_config_pb2.TYPE_BOOL
     assert step.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     report = json.loads((fused_repo / "build_report.json").read_text())

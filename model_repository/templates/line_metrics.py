@@ -65,6 +65,22 @@ class _Product:
         self.scores, self.flagged = [], 0
 
 
+def _check_laws(spec, scoring_spec):
+    """Draw every calibration's drift law at load: a threshold it cannot be drawn under (the
+    Gumbel law has no mass left below it, about z < -5.6) fails the load, and Triton keeps
+    serving the version before, instead of failing every request of that product."""
+    for category in (None, *scoring_spec.per_category):
+        calibration = scoring_spec.calibration_for(category)
+        try:
+            drift.DriftWindow(spec, calibration)
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(
+                f"{category or 'global'} threshold {calibration.threshold}: its drift law "
+                f"cannot be drawn below it ({exc}); raise the threshold or build with "
+                "--no-line-metrics"
+            ) from exc
+
+
 class LineMetrics:
     def __init__(self, spec, scoring_spec, config, instance):
         """`spec`: the drift rule; `scoring_spec`: the calibrations whose thresholds cut off
@@ -84,6 +100,7 @@ class LineMetrics:
             for name, (kind, text) in drift.METRICS.items()
         }
         self.products = {}
+        _check_laws(spec, scoring_spec)
 
     def observe(self, category, scores, decisions):
         """Count one request's images under its product; those under the product's calibrated

@@ -15,6 +15,8 @@ names (the global one without it; an unknown name is that request's error), and 
 `threshold` parameter overrides the calibrated threshold. Each product's counts, scores and
 drift go to Triton's metrics port (`line_metrics.py`), when the build turned them on: that
 judgement and the metrics are `triton_model.py`'s, shared with the fused layout's calibrate.
+Each image's `calibration_version` is this model's version (the calibration that decided it),
+a host numpy array on both paths.
 """
 
 import functools
@@ -68,6 +70,7 @@ class TritonPythonModel:
             "maps": params["map_output"],
             "score": params["score_output"],
             "decision": params["decision_output"],
+            "version": params["version_output"],
         }
         self.dtypes = triton_model.output_dtypes(config)
         self.torch = None
@@ -111,8 +114,13 @@ class TritonPythonModel:
         return responses
 
     def _tensors(self, part, score, decision):
-        """A request's slice of the map with its score and decision, as output tensors."""
-        part.update(score=score[:, None], decision=decision[:, None])
+        """A request's slice of the map with its score, decision and calibration version, as
+        output tensors."""
+        part.update(
+            score=score[:, None],
+            decision=decision[:, None],
+            version=self.judge.versions(len(score)),
+        )
         return [
             _to_tensor(self.roles[role], value, self.dtypes[self.roles[role]], self.torch)
             for role, value in part.items()

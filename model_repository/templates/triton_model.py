@@ -2,8 +2,9 @@
 judgement of the models that judge images (postprocess, and calibrate in the fused layout).
 
 Copied beside each model.py at build time, as `line_metrics.py` (Triton puts the version folder
-on sys.path). `Judge` holds the scoring record from the model's parameters and the line metrics
-when the build turned them on; `Judge.respond` turns one request's raw image scores into its one
+on sys.path). `Judge` holds the scoring record this version serves (the config parameter's, or
+the version folder's calibration.json: `served_calibration.py`) and the line metrics when the
+build turned them on; `Judge.respond` turns one request's raw image scores into its one
 response: its parameters, `scoring.judge_request`, `LineMetrics.observe`, then the model's own
 output tensors, or that request's own error (an unknown product, a malformed threshold) with
 the invalid-argument code: Triton answers it as HTTP 400 and gRPC INVALID_ARGUMENT (measured with
@@ -13,11 +14,13 @@ Every tensor in and out of a Python model goes through `input_array` and `output
 """
 
 import json
+import os
 
 import drift
 import line_metrics
 import numpy as np
 import scoring
+import served_calibration
 import triton_python_backend_utils as pb_utils
 
 # How numpy arrays cross the Python backend's stub, by numpy's major version (measured with the
@@ -54,9 +57,17 @@ def output_dtypes(config):
 
 class Judge:
     def __init__(self, args, config, params):
-        """The scoring record from its parameter, and the line metrics when the build wrote
-        the drift rule (`--no-line-metrics` leaves it out)."""
-        self.spec = scoring.ScoringSpec.from_json(params[scoring.SCORING_PARAMETER])
+        """The scoring record this version serves, and the line metrics when the build wrote
+        the drift rule (`--no-line-metrics` leaves it out).
+
+        A calibration.json in the version folder replaces the config's record; one from
+        another build or with another rule raises, so that version fails to load and Triton
+        keeps serving the one before."""
+        base = scoring.ScoringSpec.from_json(params[scoring.SCORING_PARAMETER])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        build_id = params.get(served_calibration.BUILD_ID_PARAMETER)
+        self.spec = served_calibration.served_spec(version_dir, base, build_id)
+        self.version = int(args["model_version"])
         self.metrics = None
         if drift.DRIFT_PARAMETER in params:
             spec = drift.DriftSpec.from_json(params[drift.DRIFT_PARAMETER])
@@ -77,6 +88,10 @@ class Judge:
         if self.metrics is not None:
             self.metrics.observe(scoring.request_category(params), score, decision)
         return pb_utils.InferenceResponse(output_tensors=tensors(score, decision))
+
+    def versions(self, n):
+        """This version, the calibration that decided them, for each of `n` images."""
+        return np.full((n, 1), self.version, dtype=np.int64)
 
     def publish(self):
         """Send the batch's line metrics, when the model has them."""
