@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
-EXTRAS ?= training,build,client,bench,dev
+EXTRAS ?= training,build,client,review,bench,dev
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
 DEMO_REPO ?= model_repository/demo
@@ -13,8 +13,10 @@ DEMO_GRPC ?= 18001
 DEMO_METRICS ?= 18002
 DEMO_EPOCHS ?= 8
 DEMO_SIZE ?= 128
+REVIEW_PORT ?= 18765
+REVIEW_FCR ?= 0.05
 
-.PHONY: setup python-check cluster-tools demo test check lint fix bench-accuracy bench-throughput bench-transport bench-soak bench-line-metrics smoke-gpu clean
+.PHONY: setup python-check cluster-tools demo review-demo test check lint fix bench-accuracy bench-throughput bench-transport bench-soak bench-line-metrics smoke-gpu clean
 
 setup: python-check $(VENV)/.installed
 
@@ -54,6 +56,27 @@ demo: setup
 	  --metrics-url http://127.0.0.1:$(DEMO_METRICS)/metrics; \
 	kill -TERM $$pid; wait $$pid; \
 	[ $$status -eq 0 ] && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores.jsonl
+
+# The review station on the demo's run (docs/review.md), each step a command a person could type:
+# serve the demo's repository (it polls for new versions), open the station, label its queue from
+# the demo's folder truth (a script standing in for the operator), fit and apply per-product
+# thresholds for a $(REVIEW_FCR) false-call rate as a new calibration version, score again with
+# no restart, and print the served TPR/FPR beside the old ones.
+review-demo: setup
+	test -f $(DEMO_RUN)/scores.jsonl || $(MAKE) demo
+	$(BIN)/dcam-serve $(DEMO_REPO) --http-port $(DEMO_HTTP) --grpc-port $(DEMO_GRPC) \
+	  --metrics-port $(DEMO_METRICS) --poll-secs 1 & spid=$$!; \
+	$(BIN)/dcam-review open $(DEMO_RUN)/scores.jsonl --heatmaps $(DEMO_RUN)/heatmaps \
+	  --repository $(DEMO_REPO) --port $(REVIEW_PORT) & rpid=$$!; \
+	$(BIN)/python -m dcam.review.truth http://127.0.0.1:$(REVIEW_PORT) && \
+	$(BIN)/dcam-review apply $(DEMO_RUN)/scores.jsonl --repository $(DEMO_REPO) --operator demo \
+	  --false-call-rate $(REVIEW_FCR) --yes --server 127.0.0.1:$(DEMO_GRPC) && \
+	$(BIN)/dcam-client score --dir $(DEMO_DATA) --recursive --glob '*/test/*/*' \
+	  --url 127.0.0.1:$(DEMO_GRPC) --output $(DEMO_RUN)/scores-reviewed.jsonl \
+	  --category-from-path --force; status=$$?; \
+	kill -TERM $$rpid $$spid; wait $$spid; \
+	[ $$status -eq 0 ] && echo "before review:" && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores.jsonl && \
+	  echo "after review:" && $(BIN)/dcam-client auroc $(DEMO_RUN)/scores-reviewed.jsonl
 
 # The tools that check deploy/ as cluster operators do: checkov in its own virtualenv and the
 # CRD validators from npm (tests/test_checkov.py, tests/test_crd_schemas.py). Where they cannot

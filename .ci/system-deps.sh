@@ -9,6 +9,7 @@
 #   python3.X-venv: only where the interpreter cannot create a virtualenv by itself
 #   kubectl:       optional, renders deploy/ in the tests
 #   prometheus:    optional, its promtool checks and unit-tests deploy/'s alert rules
+#   chromium:      optional, the browser the review station's tests drive through Playwright
 set -euo pipefail
 py=${1:-python3}
 version=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -35,6 +36,13 @@ if ! command -v promtool >/dev/null && [ "$(id -u)" -eq 0 ]; then
   (apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
     || echo "promtool is not installable here: tests/test_alert_rules.py will skip" >&2
+fi
+# Debian's chromium is the browser tests/test_review_browser.py drives (Playwright never
+# downloads one here); without it those tests skip, and fail under CI.
+if ! command -v chromium >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  (apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+    || echo "chromium is not installable here: tests/test_review_browser.py will skip" >&2
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

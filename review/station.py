@@ -1,0 +1,202 @@
+"""The station's state and questions, without the web: the run, its labels, the repository, and
+what each page asks of them (summaries, queues, fits, whether an apply needs confirming).
+
+Scores are z-scores, which a new threshold does not change (only thresholds move between
+calibration versions), so any threshold's decisions follow from the scores already served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dcam.core.errors import ConfigError
+from dcam.core.served_calibration import CalibrationRecord
+from dcam.review import fit
+from dcam.review.config import ReviewConfig
+from dcam.review.runs import Part, Run, borderline, flagged_first, load_run
+from dcam.review.store import Label, LabelStore
+from dcam.review.versions import Repository
+
+TARGETS = ("false_call_rate", "detection_rate")
+
+
+@dataclass(frozen=True)
+class ProductSummary:
+    product: str | None
+    scored: int
+    flagged: int
+    labels: dict[str, int]
+    threshold: float | None  # the served threshold now (the repository's latest version)
+    confusion: fit.Confusion | None
+    synthetic_detection: float | None  # the calibration's CutPaste estimate, never mixed in
+
+
+class Station:
+    """One review: results merged by path, labels in SQLite, optionally the repository."""
+
+    def __init__(self, config: ReviewConfig) -> None:
+        self.config = config
+        self.run: Run = load_run(config.results, config.heatmaps)
+        self.repository = None if config.repository is None else Repository(config.repository)
+        if self.repository is not None:
+            self._check_build(self.repository)
+        self.store = LabelStore(config.labels_path)
+        self.parts = self.run.by_id()
+
+    def _check_build(self, repository: Repository) -> None:
+        """Refuse a repository of another build than the one that scored the results: its
+        thresholds are on another model's z-scores."""
+        builds = self.run.build_ids()
+        if builds and builds != {repository.build_id}:
+            raise ConfigError(
+                f"--repository {repository.root} is build {repository.build_id}; the results "
+                f"were scored by build {', '.join(sorted(builds))}: open them with the "
+                "repository that scored them"
+            )
+        products = {p for p in self.run.products() if p is not None}
+        unknown = sorted(products - set(repository.base.per_category))
+        if unknown:
+            raise ConfigError(
+                f"--repository {repository.root} has no calibration for products {unknown} "
+                "in the results: a repository of another build?"
+            )
+
+    # --- reading -------------------------------------------------------------------------
+    def labels(self) -> dict[str, Label]:
+        return self.store.current()
+
+    def threshold(self, product: str | None) -> float | None:
+        """The served threshold now: the latest calibration version's (None without a
+        repository: the results alone only bound it, `served_boundary`)."""
+        if self.repository is None:
+            return None
+        return self.repository.spec().calibration_for(product).threshold
+
+    def served_boundary(self, product: str | None) -> tuple[float, float] | None:
+        """Between which scores the served decisions of these results switch (the highest
+        passed, the lowest flagged): what the results alone say of the threshold."""
+        parts = self.run.of_product(product)
+        passed = [p.score for p in parts if not p.flagged]
+        flagged = [p.score for p in parts if p.flagged]
+        if not passed or not flagged:
+            return None
+        return max(passed), min(flagged)
+
+    def fit_parts(self, product: str | None) -> list[fit.Part]:
+        labels = self.labels()
+        return [
+            fit.Part(p.score, _verdict(labels.get(p.path)), p.flagged)
+            for p in self.run.of_product(product)
+        ]
+
+    def summaries(self) -> list[ProductSummary]:
+        counts = self.store.counts()
+        synthetic = self.synthetic()
+        rows = []
+        for product in self.run.products():
+            parts = self.run.of_product(product)
+            threshold = self.threshold(product)
+            rows.append(
+                ProductSummary(
+                    product=product,
+                    scored=len(parts),
+                    flagged=sum(p.flagged for p in parts),
+                    labels=counts.get(product, {}),
+                    threshold=threshold,
+                    confusion=None
+                    if threshold is None
+                    else fit.confusion(
+                        self.fit_parts(product), threshold, self.config.presume_passed_good
+                    ),
+                    synthetic_detection=synthetic.get(product),
+                )
+            )
+        return rows
+
+    def synthetic(self) -> dict[str | None, float]:
+        """Each product's detection rate on the calibration's synthetic anomalies (training's
+        CutPaste estimate, from the repository's manifest)."""
+        if self.repository is None:
+            return {}
+        from dcam.core.manifest import Manifest
+
+        metrics = Manifest.read(self.repository.root).data.get("metrics", {})
+        return dict((metrics.get("synthetic_anomalies") or {}).get("per_category") or {})
+
+    def queue(self, product: str | None) -> list[Part]:
+        """What to label, in order: flagged parts (highest first), then the passed parts
+        nearest the threshold."""
+        parts = self.run.of_product(product)
+        return flagged_first(parts) + borderline(parts, self.config.borderline)
+
+    def next_in_queue(self, product: str | None, after: str) -> Part | None:
+        """The next unlabelled part of the queue after `after` (wrapping), else None."""
+        queue, labels = self.queue(product), self.labels()
+        ids = [p.id for p in queue]
+        start = ids.index(after) + 1 if after in ids else 0
+        for part in queue[start:] + queue[:start]:
+            if part.path not in labels and part.id != after:
+                return part
+        return None
+
+    # --- fitting and applying ------------------------------------------------------------
+    def fit(self, product: str | None, target: str, rate: float) -> fit.ThresholdFit:
+        if target not in TARGETS:
+            raise ConfigError(f"target must be one of {TARGETS}, got {target!r}")
+        method = (
+            fit.threshold_for_false_call_rate
+            if target == "false_call_rate"
+            else fit.threshold_for_detection_rate
+        )
+        return method(
+            self.fit_parts(product), rate, self.config.confidence, self.config.presume_passed_good
+        )
+
+    def apply_concerns(self, product: str, threshold: float) -> list[str]:
+        """Why applying `threshold` should be confirmed: the labels show a false-call rate above
+        the stated one at it, or too few goods back any rate."""
+        parts = self.fit_parts(product)
+        matrix = fit.confusion(parts, threshold, self.config.presume_passed_good)
+        goods = matrix.fp + matrix.tn + matrix.presumed_good
+        stated = self.config.false_call_rate
+        concerns = []
+        if goods == 0:
+            return [f"no good part of {product} is labelled: nothing bounds its false calls"]
+        rate = matrix.fp / goods
+        if rate > stated:
+            concerns.append(
+                f"the labels show {matrix.fp} false calls of {goods} goods ({rate:.1%}) at "
+                f"{threshold:.3f}, above the stated {stated:.1%}"
+            )
+        needed = fit.min_goods_for(stated, self.config.confidence)
+        if goods < needed:
+            concerns.append(
+                f"{goods} goods back it; {needed} are needed before zero false calls would "
+                f"show a rate under {stated:.1%} at {self.config.confidence:.0%} confidence"
+            )
+        return concerns
+
+    def apply(
+        self, thresholds: dict[str, float], operator: str, target: dict[str, Any] | None = None
+    ) -> CalibrationRecord:
+        """Write the thresholds as a new calibration version, recording the labels behind it."""
+        if self.repository is None:
+            raise ConfigError("open the station with --repository to apply a calibration")
+        source = {
+            **(target or {}),  # what the fit aimed at, and the concerns confirmed
+            "thresholds": dict(thresholds),
+            "labels": str(self.config.labels_path),
+            "labels_digest": self.store.digest(),
+            "label_counts": {str(k): v for k, v in self.store.counts().items()},
+            "results": [str(p) for p in self.run.files],
+            "presume_passed_good": self.config.presume_passed_good,
+        }
+        return self.repository.apply(thresholds, operator, source)
+
+
+def _verdict(label: Label | None) -> str | None:
+    """A stored label as the fit reads it: skip is no verdict."""
+    if label is None or label.label == "skip":
+        return None
+    return label.label
