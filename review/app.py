@@ -50,6 +50,7 @@ def product_of(key: str) -> str | None:
 
 
 templates.env.filters["key"] = product_key
+templates.env.filters["when"] = lambda stamp: stamp[:19].replace("T", " ") + " UTC"
 
 
 class Guard(BaseHTTPMiddleware):
@@ -97,7 +98,18 @@ def _same_origin(request: Request) -> bool:
 
 
 def create_app(station: Station) -> Starlette:
-    """The station's routes over one `Station`."""
+    """The station's routes over one `Station`. Every page and API call first re-reads the
+    results if a file grew, so parts a line PC scores meanwhile show up."""
+
+    def refreshed(handler):
+        async def wrapper(request: Request) -> Response:
+            try:
+                station.refresh()
+            except DcamError as exc:  # e.g. rows of another build appeared in a results file
+                return PlainTextResponse(f"cannot read the results again: {exc}", 409)
+            return await handler(request)
+
+        return wrapper
 
     def page(request: Request, name: str, **context) -> Response:
         context.update(
@@ -290,17 +302,17 @@ def create_app(station: Station) -> Starlette:
         return PlainTextResponse("ok")
 
     routes = [
-        Route("/", index),
-        Route("/product/{key}", product_page),
-        Route("/product/{key}/apply", apply, methods=["POST"]),
-        Route("/part/{id}", part_page),
-        Route("/part/{id}", label_part, methods=["POST"]),
+        Route("/", refreshed(index)),
+        Route("/product/{key}", refreshed(product_page)),
+        Route("/product/{key}/apply", refreshed(apply), methods=["POST"]),
+        Route("/part/{id}", refreshed(part_page)),
+        Route("/part/{id}", refreshed(label_part), methods=["POST"]),
         Route("/operator", operator_page, methods=["GET", "POST"]),
         Route("/image/{id}", image),
         Route("/heatmap/{id}", heatmap),
         Route("/labels.csv", labels_csv),
-        Route("/api/label", api_label, methods=["POST"]),
-        Route("/api/parts", api_parts),
+        Route("/api/label", refreshed(api_label), methods=["POST"]),
+        Route("/api/parts", refreshed(api_parts)),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

@@ -8,6 +8,7 @@ calibration versions), so any threshold's decisions follow from the scores alrea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dcam.core.errors import ConfigError
@@ -43,6 +44,20 @@ class Station:
             self._check_build(self.repository)
         self.store = LabelStore(config.labels_path)
         self.parts = self.run.by_id()
+        self._signature = _signature(config.results)
+
+    def refresh(self) -> bool:
+        """Read the results again when a file changed since (a line PC still scoring into it):
+        its new parts show on the next page. Returns whether it read them."""
+        signature = _signature(self.config.results)
+        if signature == self._signature:
+            return False
+        run = load_run(self.config.results, self.config.heatmaps)
+        self._signature = signature
+        self.run, self.parts = run, run.by_id()
+        if self.repository is not None:
+            self._check_build(self.repository)
+        return True
 
     def _check_build(self, repository: Repository) -> None:
         """Refuse a repository of another build than the one that scored the results: its
@@ -193,6 +208,12 @@ class Station:
             "presume_passed_good": self.config.presume_passed_good,
         }
         return self.repository.apply(thresholds, operator, source)
+
+
+def _signature(files) -> tuple:
+    """What tells a results file changed: its size and modification time."""
+    stats = [Path(f).stat() for f in files]
+    return tuple((s.st_size, s.st_mtime_ns) for s in stats)
 
 
 def _verdict(label: Label | None) -> str | None:

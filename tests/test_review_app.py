@@ -258,3 +258,21 @@ def test_export_writes_the_labels_as_csv(line: dict, tmp_path: Path) -> None:
             "labelled_at": rows[0]["labelled_at"],
         }
     ]
+
+
+def test_parts_scored_meanwhile_show_on_the_next_page(line: dict) -> None:
+    """A line PC still scoring into the results file: the station reads it again."""
+    station = _station(line)
+    client = _client(station)
+    before = len(client.get("/api/parts").json())
+    extra = {
+        **line["rows"][0],
+        "path": line["rows"][0]["path"].replace("000", "new"),
+        "score": 7.5,
+        "is_anomalous": True,
+    }
+    with line["results"].open("a") as fh:
+        fh.write(json.dumps(extra) + "\n")
+    parts = client.get("/api/parts").json()
+    assert len(parts) == before + 1 and extra["path"] in {p["path"] for p in parts}
+    assert "7.50" in client.get("/product/bolt").text
