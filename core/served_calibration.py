@@ -40,7 +40,7 @@ class CalibrationRecord:
     scoring: ScoringSpec
     applied_by: str = ""
     applied_at: str = ""  # ISO 8601, UTC
-    previous: int | None = None  # the version it replaced
+    previous: int | None = None  # the version a rollback of this one serves again
     source: Mapping[str, Any] = field(default_factory=dict)  # labels, targets, bounds, for people
 
     def to_dict(self) -> dict:

@@ -1,23 +1,26 @@
 """The station's web app: Starlette routes rendering Jinja2 pages, a little plain JavaScript for
-the keyboard, images served by part id (never by a path from the request).
+the keyboard, images served by part id (never by a path from the request), products by a key
+derived from their name (any name works in a URL).
 
 Each label is written to SQLite by the request that gives it, before the next part is shown, so
 a closed tab or a killed station loses nothing. Writes need the operator's name (a cookie set
-once per browser) and, like every page, the token when the station has one. A POST from another
-site's page (its Origin is not this station) is refused, so a page elsewhere in the browser
-cannot label parts or apply a calibration through the operator's session.
+once per browser); `guard.py` decides who may reach the station at all. Reading results,
+SQLite and the repository blocks, so it runs in Starlette's thread pool, not on the event loop
+every operator shares.
 """
 
 from __future__ import annotations
 
-import hmac
+import contextlib
+import hashlib
+import io
+import math
 import urllib.parse
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -31,85 +34,36 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from dcam.core.errors import DcamError
-from dcam.review import charts, fit
+from dcam.review.guard import Guard
 from dcam.review.serving import take_up
 from dcam.review.station import Station
+from dcam.review.views import product_context
 
 HERE = Path(__file__).parent
-TOKEN_COOKIE, OPERATOR_COOKIE = "dcam_review_token", "dcam_operator"
-GLOBAL_KEY = "-"  # the URL of parts scored with no product (the global calibration)
+OPERATOR_COOKIE = "dcam_operator"
+GLOBAL_KEY = "global"  # the parts scored with no product (the global calibration)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
 def product_key(product: str | None) -> str:
-    return GLOBAL_KEY if product is None else urllib.parse.quote(product, safe="")
-
-
-def product_of(key: str) -> str | None:
-    return None if key == GLOBAL_KEY else urllib.parse.unquote(key)
+    """A product's URL key: a digest of its name, so slashes, percent signs and any script in
+    a name never meet the router."""
+    if product is None:
+        return GLOBAL_KEY
+    return "p" + hashlib.sha256(product.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 templates.env.filters["key"] = product_key
 templates.env.filters["when"] = lambda stamp: stamp[:19].replace("T", " ") + " UTC"
 
 
-class Guard(BaseHTTPMiddleware):
-    """The token (header, cookie, or once in the URL, then a cookie), and same-origin POSTs."""
-
-    def __init__(self, app, token: str | None) -> None:
-        super().__init__(app)
-        self.token = token
-
-    async def dispatch(self, request: Request, call_next) -> Response:
-        if request.method == "POST" and not _same_origin(request):
-            return PlainTextResponse("cross-site request refused", status_code=403)
-        if self.token is None or request.url.path == "/healthz":
-            return await call_next(request)
-        given = request.query_params.get("token")
-        if given is not None and _equal(given, self.token):
-            clean = request.url.remove_query_params("token")
-            response = RedirectResponse(str(clean), status_code=303)
-            response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
-            return response
-        header = request.headers.get("authorization", "")
-        offered = header[7:] if header.lower().startswith("bearer ") else None
-        offered = offered or request.cookies.get(TOKEN_COOKIE)
-        if offered is None or not _equal(offered, self.token):
-            return PlainTextResponse(
-                "this station needs its token: open the address dcam-review printed "
-                "(…?token=…) or send 'Authorization: Bearer <token>'",
-                status_code=401,
-            )
-        return await call_next(request)
-
-
-def _equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
-def _same_origin(request: Request) -> bool:
-    """Browsers say where a request comes from (Sec-Fetch-Site, else Origin); scripts and
-    curl say neither and are let through (the token still applies)."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None:
-        return site in ("same-origin", "none")
-    origin = request.headers.get("origin")
-    return origin is None or urllib.parse.urlsplit(origin).netloc == request.headers.get("host")
-
-
 def create_app(station: Station) -> Starlette:
     """The station's routes over one `Station`. Every page and API call first re-reads the
     results if a file grew, so parts a line PC scores meanwhile show up."""
 
-    def refreshed(handler):
-        async def wrapper(request: Request) -> Response:
-            try:
-                station.refresh()
-            except DcamError as exc:  # e.g. rows of another build appeared in a results file
-                return PlainTextResponse(f"cannot read the results again: {exc}", 409)
-            return await handler(request)
-
-        return wrapper
+    def product_of(key: str | None) -> tuple[bool, str | None]:
+        products = {product_key(p): p for p in station.run.products()}
+        return (key in products), products.get(key)
 
     def page(request: Request, name: str, **context) -> Response:
         context.update(
@@ -120,57 +74,47 @@ def create_app(station: Station) -> Starlette:
         )
         return templates.TemplateResponse(request, name, context)
 
+    def refreshed(handler):
+        async def wrapper(request: Request) -> Response:
+            try:
+                await run_in_threadpool(station.refresh)
+            except DcamError as exc:  # e.g. rows of another build appeared in a results file
+                return PlainTextResponse(f"cannot read the results again: {exc}", 409)
+            return await handler(request)
+
+        return wrapper
+
     async def index(request: Request) -> Response:
+        summaries = await run_in_threadpool(station.summaries)
         history = station.repository.history() if station.repository else []
-        return page(request, "index.html", summaries=station.summaries(), history=history)
+        return page(request, "index.html", summaries=summaries, history=history)
 
     async def product_page(request: Request) -> Response:
-        product = product_of(request.path_params["key"])
-        if product not in station.run.products():
-            return PlainTextResponse(f"no product {product!r} in these results", 404)
-        parts = station.run.of_product(product)
-        fitted, error = None, None
+        known, product = product_of(request.path_params["key"])
+        if not known:
+            return PlainTextResponse("no such product in these results", 404)
         target = request.query_params.get("target", "false_call_rate")
         rate = request.query_params.get("rate")
-        if rate is not None:
-            try:
-                fitted = station.fit(product, target, float(rate))
-            except (DcamError, ValueError) as exc:
-                error = str(exc)
-        fit_parts = station.fit_parts(product)
-        threshold = station.threshold(product)
-        proposed = fitted.threshold if fitted is not None else None
-        return page(
-            request,
-            "product.html",
-            product=product,
-            parts=parts,
-            labels=station.labels(),
-            flagged=[p for p in station.queue(product) if p.flagged],
-            borderline=[p for p in station.queue(product) if not p.flagged],
-            threshold=threshold,
-            confusion=None
-            if threshold is None
-            else fit.confusion(fit_parts, threshold, station.config.presume_passed_good),
-            fitted=fitted,
-            fit_error=error,
-            target=target,
-            rate=rate or station.config.false_call_rate,
-            histogram=charts.histogram(fit_parts, threshold, proposed),
-            roc=charts.roc_curve(fit.roc(fit_parts, station.config.presume_passed_good)),
-            boundary=station.served_boundary(product),
-            synthetic=station.synthetic().get(product),
-        )
+        context = await run_in_threadpool(product_context, station, product, target, rate)
+        return page(request, "product.html", product=product, target=target, **context)
 
     async def apply(request: Request) -> Response:
-        product = product_of(request.path_params["key"])
-        form = await request.form()
+        known, product = product_of(request.path_params["key"])
         operator = request.cookies.get(OPERATOR_COOKIE)
+        if not known:
+            return PlainTextResponse("no such product in these results", 404)
         if not operator:
             return RedirectResponse(f"/operator?next=/product/{product_key(product)}", 303)
+        form = dict(await request.form())
         try:
             threshold = float(form["threshold"])
-            concerns = station.apply_concerns(product, threshold)
+            rate = float(form.get("rate") or station.config.false_call_rate)
+            if not math.isfinite(threshold):
+                raise ValueError(f"threshold must be a finite number, got {form['threshold']}")
+            if form.get("labels_digest") and form["labels_digest"] != station.store.digest():
+                raise ValueError("the labels changed since this fit (another operator?): fit again")
+            stated = rate if form.get("target", "false_call_rate") == "false_call_rate" else None
+            concerns = await run_in_threadpool(station.apply_concerns, product, threshold, stated)
             if concerns and form.get("confirm") != "yes":
                 return page(
                     request,
@@ -178,13 +122,15 @@ def create_app(station: Station) -> Starlette:
                     product=product,
                     threshold=threshold,
                     concerns=concerns,
-                    form=dict(form),
+                    form=form,
                 )
             target = {k: form[k] for k in ("target", "rate") if form.get(k)}
-            record = station.apply({product: threshold}, operator, {**target, "concerns": concerns})
+            record = await run_in_threadpool(
+                station.apply, {product: threshold}, operator, {**target, "concerns": concerns}
+            )
         except (DcamError, ValueError, KeyError) as exc:
             return page(request, "error.html", message=str(exc))
-        note = f"calibration version {record.version} written: {product} threshold {threshold:.3f}"
+        note = f"calibration version {record.version} written: threshold {threshold:.3f}"
         if station.config.server is not None:
             try:
                 how = await run_in_threadpool(
@@ -205,16 +151,17 @@ def create_app(station: Station) -> Starlette:
         part = station.parts.get(request.path_params["id"])
         if part is None:
             return PlainTextResponse("no such part", 404)
-        following = station.next_in_queue(part.product, part.id)
-        return page(
-            request,
-            "part.html",
-            part=part,
-            label=station.labels().get(part.path),
-            history=station.store.history(part.path),
-            following=following,
-            threshold=station.threshold(part.product),
-        )
+
+        def context() -> dict:
+            return {
+                "part": part,
+                "label": station.labels().get(part.path),
+                "history": station.store.history(part.path),
+                "following": station.next_in_queue(part.product, part.id),
+                "threshold": station.threshold(part.product),
+            }
+
+        return page(request, "part.html", **await run_in_threadpool(context))
 
     async def label_part(request: Request) -> Response:
         part = station.parts.get(request.path_params["id"])
@@ -225,10 +172,12 @@ def create_app(station: Station) -> Starlette:
             return RedirectResponse(f"/operator?next=/part/{part.id}", 303)
         form = await request.form()
         try:
-            station.store.add(part.path, str(form.get("label")), operator, part.product)
+            await run_in_threadpool(
+                station.store.add, part.path, str(form.get("label")), operator, part.product
+            )
         except DcamError as exc:
             return PlainTextResponse(str(exc), 400)
-        following = station.next_in_queue(part.product, part.id)
+        following = await run_in_threadpool(station.next_in_queue, part.product, part.id)
         target = f"/part/{following.id}" if following else f"/product/{product_key(part.product)}"
         return RedirectResponse(target, 303)
 
@@ -257,34 +206,46 @@ def create_app(station: Station) -> Starlette:
         return _file(request, "heatmap")
 
     async def labels_csv(request: Request) -> Response:
-        import io
-
         buffer = io.StringIO()
-        station.store.export_csv(buffer)
+        await run_in_threadpool(station.store.export_csv, buffer)
         headers = {"content-disposition": 'attachment; filename="labels.csv"'}
         return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
 
     async def api_label(request: Request) -> Response:
-        body = await request.json()
-        part = station.parts.get(body.get("id", "")) or next(
-            (p for p in station.run.parts if p.path == body.get("path")), None
-        )
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("a JSON object")
+        except ValueError:
+            return JSONResponse({"error": 'send {"id" or "path", "label", "operator"}'}, 400)
+        part = station.parts.get(str(body.get("id", ""))) or station.part_at(body.get("path"))
         if part is None:
             return JSONResponse({"error": "no such part"}, 404)
         try:
-            label = station.store.add(
-                part.path, str(body.get("label")), str(body.get("operator", "")), part.product
+            label = await run_in_threadpool(
+                station.store.add,
+                part.path,
+                str(body.get("label")),
+                str(body.get("operator", "")),
+                part.product,
             )
         except DcamError as exc:
             return JSONResponse({"error": str(exc)}, 400)
         return JSONResponse({"id": part.id, "path": part.path, "label": label.label})
 
+    async def api_products(request: Request) -> Response:
+        return JSONResponse([{"key": product_key(p), "product": p} for p in station.run.products()])
+
     async def api_parts(request: Request) -> Response:
         key = request.query_params.get("product")
-        labels = station.labels()
-        parts = station.queue(product_of(key)) if key is not None else station.run.parts
-        return JSONResponse(
-            [
+        known, product = product_of(key)
+        if key is not None and not known:
+            return JSONResponse({"error": "no such product key (see /api/products)"}, 404)
+
+        def rows() -> list[dict]:
+            labels = station.labels()
+            parts = station.queue(product) if key is not None else station.run.parts
+            return [
                 {
                     "id": p.id,
                     "path": p.path,
@@ -296,7 +257,8 @@ def create_app(station: Station) -> Starlette:
                 }
                 for p in parts
             ]
-        )
+
+        return JSONResponse(await run_in_threadpool(rows))
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -312,8 +274,19 @@ def create_app(station: Station) -> Starlette:
         Route("/heatmap/{id}", heatmap),
         Route("/labels.csv", labels_csv),
         Route("/api/label", refreshed(api_label), methods=["POST"]),
+        Route("/api/products", refreshed(api_products)),
         Route("/api/parts", refreshed(api_parts)),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Guard, token=station.config.token)])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        station.store.close()  # folds the WAL back into the label file
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, token=station.config.token)],
+        lifespan=lifespan,
+    )

@@ -175,7 +175,8 @@ def open_command(results, host, port, token, borderline, **options) -> None:
     "--product",
     "products",
     multiple=True,
-    help="Products to re-fit [default: every product with labels].",
+    help="Products to re-fit [default: every product with a labelled good part (a labelled "
+    "defect for --detection-rate)].",
 )
 @click.option("--yes", is_flag=True, help="Apply even where the labels do not back it.")
 @reports_errors
@@ -184,15 +185,25 @@ def apply_command(results, operator, detection_rate, products, yes, **options) -
     station = Station(_config(results, **options))
     target = "detection_rate" if detection_rate is not None else "false_call_rate"
     rate = detection_rate if detection_rate is not None else station.config.false_call_rate
-    chosen = list(products) or [p for p in station.run.products() if p is not None]
+    needed = "good" if target == "false_call_rate" else "defect"
+    counts = station.store.counts()
+    labelled = [p for p in station.run.products() if counts.get(p, {}).get(needed)]
+    chosen = list(products) or station.run.products()  # unlabelled ones keep their thresholds
+    stated = rate if target == "false_call_rate" else None
     thresholds, concerns = {}, []
     for product in chosen:
+        name = product or "(no product: global)"
+        if product not in labelled:
+            click.echo(f"{name}: no {needed} part is labelled; its threshold stays")
+            continue
         fitted = station.fit(product, target, rate)
-        click.echo(f"{product}: {fitted.note}")
+        click.echo(f"{name}: {fitted.note}")
         if fitted.threshold is None:
             continue
         thresholds[product] = fitted.threshold
-        concerns += [f"{product}: {c}" for c in station.apply_concerns(product, fitted.threshold)]
+        concerns += [
+            f"{name}: {c}" for c in station.apply_concerns(product, fitted.threshold, stated)
+        ]
     if not thresholds:
         raise ConfigError("no product has labels to fit a threshold from")
     if concerns:
@@ -218,7 +229,7 @@ def _take_up(repository: Repository, version: int, server: str | None, api_key: 
 
 @review_group.command("rollback")
 @click.argument("repository", type=click.Path(file_okay=False, exists=True))
-@click.option("--operator", default="", help="Who rolls back (recorded).")
+@click.option("--operator", required=True, help="Who rolls back (recorded).")
 @_SERVER_OPTIONS[0]
 @_SERVER_OPTIONS[1]
 @reports_errors

@@ -7,6 +7,7 @@ Pure numpy/scipy, no I/O. The served decision is `score > threshold` (strict, as
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -226,6 +227,28 @@ def _scores(parts: list[Part], presume_passed_good: bool) -> tuple[np.ndarray, n
     return good_scores(parts, presume_passed_good), defect_scores(parts), presumed
 
 
+def _unjudged(parts: list[Part], presume_passed_good: bool) -> np.ndarray:
+    """Scores of parts no label or presumption covers (flagged, not yet labelled): each may be
+    a false call the counts cannot see."""
+    return np.array(
+        [p.score for p in parts if _verdict(p) is None and not _presumed(p, presume_passed_good)],
+        dtype=np.float64,
+    )
+
+
+def _unseen(fit: ThresholdFit, unjudged: np.ndarray) -> ThresholdFit:
+    """A fit above which unlabelled flagged parts remain is not backed: any of them may be good."""
+    if fit.threshold is None or fit.target != "false_call_rate":
+        return fit
+    above = int((unjudged > fit.threshold).sum())
+    if not above:
+        return fit
+    note = fit.note.rstrip(".") + (
+        f"; {above} flagged parts above it are unlabelled, each a possible false call: label them."
+    )
+    return dataclasses.replace(fit, enough=False, note=note)
+
+
 def threshold_for_false_call_rate(
     parts: Iterable[Part], rate: float, confidence: float = 0.95, presume_passed_good: bool = True
 ) -> ThresholdFit:
@@ -237,11 +260,13 @@ def threshold_for_false_call_rate(
     Enough when the goods could bound the rate even with zero false calls (`min_goods_for`).
     """
     _check_rate(rate, confidence)
-    scores = _scores(list(parts), presume_passed_good)
+    parts = list(parts)
+    scores = _scores(parts, presume_passed_good)
     goods = np.sort(scores[0])[::-1]
     threshold = float(goods[math.floor(rate * len(goods) + _EPS)]) if len(goods) else None
     need = min_goods_for(rate, confidence)
-    return _fit("false_call_rate", rate, confidence, threshold, scores, need)
+    fit = _fit("false_call_rate", rate, confidence, threshold, scores, need)
+    return _unseen(fit, _unjudged(list(parts), presume_passed_good))
 
 
 def threshold_for_detection_rate(

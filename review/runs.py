@@ -13,12 +13,15 @@ counted and said on every page; a review goes on without them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcam.client.results import has_error, is_true, read_results, row_path
+from dcam.client.results import escape_path, has_error, is_true, read_results, row_path
 from dcam.core.errors import ConfigError
 
 
@@ -27,7 +30,7 @@ class Part:
     """One scored part as the station shows it."""
 
     id: str  # stable across restarts: a digest of the path (URLs carry it, not the path)
-    path: str  # as the results name it; labels are keyed by it
+    path: str  # as the results write it (valid UTF-8, client/results.py); labels are keyed by it
     product: str | None
     score: float
     flagged: bool
@@ -63,15 +66,17 @@ class Run:
 
 
 def part_id(path: str) -> str:
-    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
 
 
 def find_heatmap(path: str, folders: Sequence[Path]) -> Path | None:
     """The first of the path's tails, as .png, under the first heatmap folder that has it."""
     parts = Path(path).with_suffix(".png").parts
-    tails = [Path(*parts[i:]) for i in range(len(parts)) if parts[i] not in ("/", "..", ".")]
+    tails = [Path(*parts[i:]) for i in range(len(parts)) if ".." not in parts[i:]]
     for folder in folders:
         for tail in tails:
+            if tail.is_absolute():
+                continue
             candidate = Path(folder) / tail
             if candidate.is_file():
                 return candidate
@@ -79,19 +84,32 @@ def find_heatmap(path: str, folders: Sequence[Path]) -> Path | None:
 
 
 def _part(row: dict, source: Path, heatmaps: Sequence[Path]) -> Part:
-    path = row_path(row)
-    image = Path(path)
+    name = row_path(row)  # the file's own name, which may not be UTF-8
+    on_disk, text = Path(name), escape_path(name)[0]  # `text`: valid UTF-8, as rows write it
+    score = float(row["score"])
+    if not math.isfinite(score):
+        raise ValueError(f"score {row['score']!r}")
     return Part(
-        id=part_id(path),
-        path=path,
+        id=part_id(text),
+        path=text,
         product=row.get("category") or None,
-        score=float(row["score"]),
+        score=score,
         flagged=is_true(row.get("is_anomalous")),
         calibration=row.get("calibration") or None,
-        image=image if image.is_file() else None,
-        heatmap=find_heatmap(path, heatmaps),
+        image=on_disk if on_disk.is_file() else None,
+        heatmap=find_heatmap(str(on_disk), heatmaps),
         source=str(source),
     )
+
+
+def _unshared(parts: list[Part]) -> list[Part]:
+    """Drop heatmaps two parts would share: a short tail (just `000.png`) matched a file of
+    another part, and showing it would put the wrong evidence before the operator."""
+    seen = Counter(p.heatmap for p in parts if p.heatmap is not None)
+    return [
+        dataclasses.replace(p, heatmap=None) if p.heatmap and seen[p.heatmap] > 1 else p
+        for p in parts
+    ]
 
 
 def load_run(files: Sequence[Path], heatmaps: Sequence[Path]) -> Run:
@@ -116,10 +134,14 @@ def load_run(files: Sequence[Path], heatmaps: Sequence[Path]) -> Run:
             if has_error(row) or row.get("score") in (None, ""):
                 run.failed_rows += 1
                 continue
-            part = _part(row, source, heatmaps)
+            try:
+                part = _part(row, source, heatmaps)
+            except ValueError:  # a score that is no finite number: nothing to judge
+                run.failed_rows += 1
+                continue
             run.superseded_rows += part.path in merged
             merged[part.path] = part
-    run.parts = list(merged.values())
+    run.parts = _unshared(list(merged.values()))
     run.missing_images = [p.path for p in run.parts if p.image is None]
     run.missing_heatmaps = [p.path for p in run.parts if p.heatmap is None]
     if not run.parts:

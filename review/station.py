@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dcam.core.errors import ConfigError
+from dcam.core.scoring import ScoringSpec
 from dcam.core.served_calibration import CalibrationRecord
 from dcam.review import fit
 from dcam.review.config import ReviewConfig
@@ -41,35 +42,38 @@ class Station:
         self.run: Run = load_run(config.results, config.heatmaps)
         self.repository = None if config.repository is None else Repository(config.repository)
         if self.repository is not None:
-            self._check_build(self.repository)
+            self._check_build(self.repository, self.run)
         self.store = LabelStore(config.labels_path)
         self.parts = self.run.by_id()
         self._signature = _signature(config.results)
 
     def refresh(self) -> bool:
         """Read the results again when a file changed since (a line PC still scoring into it):
-        its new parts show on the next page. Returns whether it read them."""
-        signature = _signature(self.config.results)
+        its new parts show on the next page. Returns whether it read them. A file that now
+        fails the checks (rows of another build) leaves the last good reading in place."""
+        try:
+            signature = _signature(self.config.results)
+        except OSError as exc:
+            raise ConfigError(f"a results file went away: {exc}") from exc
         if signature == self._signature:
             return False
         run = load_run(self.config.results, self.config.heatmaps)
-        self._signature = signature
-        self.run, self.parts = run, run.by_id()
         if self.repository is not None:
-            self._check_build(self.repository)
+            self._check_build(self.repository, run)
+        self.run, self.parts, self._signature = run, run.by_id(), signature
         return True
 
-    def _check_build(self, repository: Repository) -> None:
+    def _check_build(self, repository: Repository, run: Run) -> None:
         """Refuse a repository of another build than the one that scored the results: its
         thresholds are on another model's z-scores."""
-        builds = self.run.build_ids()
+        builds = run.build_ids()
         if builds and builds != {repository.build_id}:
             raise ConfigError(
                 f"--repository {repository.root} is build {repository.build_id}; the results "
                 f"were scored by build {', '.join(sorted(builds))}: open them with the "
                 "repository that scored them"
             )
-        products = {p for p in self.run.products() if p is not None}
+        products = {p for p in run.products() if p is not None}
         unknown = sorted(products - set(repository.base.per_category))
         if unknown:
             raise ConfigError(
@@ -81,12 +85,17 @@ class Station:
     def labels(self) -> dict[str, Label]:
         return self.store.current()
 
-    def threshold(self, product: str | None) -> float | None:
+    def part_at(self, path: str | None) -> Part | None:
+        """The part the results name `path`, if any."""
+        return next((p for p in self.run.parts if p.path == path), None)
+
+    def threshold(self, product: str | None, spec: ScoringSpec | None = None) -> float | None:
         """The served threshold now: the latest calibration version's (None without a
         repository: the results alone only bound it, `served_boundary`)."""
         if self.repository is None:
             return None
-        return self.repository.spec().calibration_for(product).threshold
+        spec = spec if spec is not None else self.repository.spec()
+        return spec.calibration_for(product).threshold
 
     def served_boundary(self, product: str | None) -> tuple[float, float] | None:
         """Between which scores the served decisions of these results switch (the highest
@@ -98,20 +107,25 @@ class Station:
             return None
         return max(passed), min(flagged)
 
-    def fit_parts(self, product: str | None) -> list[fit.Part]:
-        labels = self.labels()
+    def fit_parts(
+        self, product: str | None, labels: dict[str, Label] | None = None
+    ) -> list[fit.Part]:
+        """The product's parts as fits see them: score, verdict, served decision."""
+        labels = self.labels() if labels is None else labels
         return [
             fit.Part(p.score, _verdict(labels.get(p.path)), p.flagged)
             for p in self.run.of_product(product)
         ]
 
     def summaries(self) -> list[ProductSummary]:
-        counts = self.store.counts()
+        """One row per product; the labels and the served record are read once."""
+        counts, labels = self.store.counts(), self.labels()
+        spec = self.repository.spec() if self.repository is not None else None
         synthetic = self.synthetic()
         rows = []
         for product in self.run.products():
-            parts = self.run.of_product(product)
-            threshold = self.threshold(product)
+            parts = self.fit_parts(product, labels)
+            threshold = self.threshold(product, spec)
             rows.append(
                 ProductSummary(
                     product=product,
@@ -121,9 +135,7 @@ class Station:
                     threshold=threshold,
                     confusion=None
                     if threshold is None
-                    else fit.confusion(
-                        self.fit_parts(product), threshold, self.config.presume_passed_good
-                    ),
+                    else fit.confusion(parts, threshold, self.config.presume_passed_good),
                     synthetic_detection=synthetic.get(product),
                 )
             )
@@ -168,21 +180,28 @@ class Station:
             self.fit_parts(product), rate, self.config.confidence, self.config.presume_passed_good
         )
 
-    def apply_concerns(self, product: str, threshold: float) -> list[str]:
-        """Why applying `threshold` should be confirmed: the labels show a false-call rate above
-        the stated one at it, or too few goods back any rate."""
+    def apply_concerns(
+        self, product: str | None, threshold: float, stated: float | None = None
+    ) -> list[str]:
+        """Why applying `threshold` should be confirmed: it lowers the served threshold (so it
+        can only add false calls) and the labels show a false-call rate above the stated one at
+        it, or too few goods back any rate, or flagged parts above it are still unlabelled.
+        `stated` defaults to the station's --false-call-rate."""
+        current = self.threshold(product)
+        if current is not None and threshold >= current:
+            return []  # no part is called that is not called now
+        stated = self.config.false_call_rate if stated is None else stated
         parts = self.fit_parts(product)
         matrix = fit.confusion(parts, threshold, self.config.presume_passed_good)
-        goods = matrix.fp + matrix.tn + matrix.presumed_good
-        stated = self.config.false_call_rate
-        concerns = []
+        goods = matrix.fp + matrix.tn
+        name = product or "the global calibration"
         if goods == 0:
-            return [f"no good part of {product} is labelled: nothing bounds its false calls"]
-        rate = matrix.fp / goods
-        if rate > stated:
+            return [f"no good part of {name} is labelled: nothing bounds its false calls"]
+        concerns = []
+        if matrix.fp / goods > stated:
             concerns.append(
-                f"the labels show {matrix.fp} false calls of {goods} goods ({rate:.1%}) at "
-                f"{threshold:.3f}, above the stated {stated:.1%}"
+                f"the labels show {matrix.fp} false calls of {goods} goods "
+                f"({matrix.fp / goods:.1%}) at {threshold:.3f}, above the stated {stated:.1%}"
             )
         needed = fit.min_goods_for(stated, self.config.confidence)
         if goods < needed:
@@ -190,17 +209,25 @@ class Station:
                 f"{goods} goods back it; {needed} are needed before zero false calls would "
                 f"show a rate under {stated:.1%} at {self.config.confidence:.0%} confidence"
             )
+        if matrix.unlabelled_flagged:
+            concerns.append(
+                f"{matrix.unlabelled_flagged} flagged parts above it are unlabelled: each may "
+                "be a false call"
+            )
         return concerns
 
     def apply(
-        self, thresholds: dict[str, float], operator: str, target: dict[str, Any] | None = None
+        self,
+        thresholds: dict[str | None, float],
+        operator: str,
+        target: dict[str, Any] | None = None,
     ) -> CalibrationRecord:
         """Write the thresholds as a new calibration version, recording the labels behind it."""
         if self.repository is None:
             raise ConfigError("open the station with --repository to apply a calibration")
         source = {
             **(target or {}),  # what the fit aimed at, and the concerns confirmed
-            "thresholds": dict(thresholds),
+            "thresholds": {("global" if k is None else k): v for k, v in thresholds.items()},
             "labels": str(self.config.labels_path),
             "labels_digest": self.store.digest(),
             "label_counts": {str(k): v for k, v in self.store.counts().items()},

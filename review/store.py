@@ -1,9 +1,13 @@
 """The labels of one review, in one SQLite file beside the results (stdlib `sqlite3` only).
 
-Reads and writes `<results>/labels.sqlite` (the caller picks the path). Every label is
-committed the moment it is given; the table is append-only, so a later label of a part
-supersedes the earlier one, which stays in the history. WAL mode and a 10 s busy timeout let
-several threads and processes label at once without losing each other's labels.
+Reads and writes the file the caller names (the station's default: `<results stem>.labels.sqlite`
+beside the first results file). Every label is committed the moment it is given; the table is
+append-only, so a later label of a part supersedes the earlier one, which stays in the history.
+WAL mode and a 10 s busy timeout let several threads and processes label at once without losing
+each other's labels. Each call opens and closes its own connection, and SQLite folds the WAL
+back into the file when the last connection closes: the file alone is whole whenever no call
+is running (copy it then, or with `sqlite3 FILE .backup COPY`). WAL needs a local disk, not a
+network share.
 """
 
 from __future__ import annotations
@@ -193,11 +197,14 @@ class LabelStore:
         writer.writerow(names)
         rows = sorted(self.current().values(), key=lambda lab: lab.path)
         for lab in rows:
-            writer.writerow(["" if v is None else v for v in astuple(lab)[: len(names)]])
+            writer.writerow([_cell(v) for v in astuple(lab)[: len(names)]])
         return len(rows)
 
     def close(self) -> None:
-        """Refuse further calls; each call's connection is already closed."""
+        """Fold the WAL back into the file, then refuse further calls."""
+        if not self._closed.is_set():
+            with self._connect() as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._closed.set()
 
     def __enter__(self) -> LabelStore:
@@ -205,3 +212,13 @@ class LabelStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a leading =, +, - or @ would make it a formula
+    (OWASP, "CSV Injection"), so such text gets a leading apostrophe."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value

@@ -57,18 +57,17 @@ def main(station: str, operator: str, token: str | None) -> None:
     """Label STATION's queue (flagged and borderline parts of every product) from folder truth."""
     base = station.rstrip("/")
     _wait_until_up(base)
-    products = sorted({p["product"] for p in _call(f"{base}/api/parts", token)} - {None})
+    products = _call(f"{base}/api/products", token)
     counts = {"good": 0, "defect": 0, "unknown": 0}
     for product in products:
-        query = urllib.parse.urlencode({"product": product})
+        query = urllib.parse.urlencode({"product": product["key"]})
         for part in _call(f"{base}/api/parts?{query}", token):
             label = folder_truth(part["path"])
             if label is None:
                 counts["unknown"] += 1
                 continue
-            _call(
-                f"{base}/api/label", token, {"id": part["id"], "label": label, "operator": operator}
-            )
+            body = {"id": part["id"], "label": label, "operator": operator}
+            _call(f"{base}/api/label", token, body)
             counts[label] += 1
     click.echo(
         f"labelled {counts['defect']} defects and {counts['good']} good parts of "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -122,27 +123,37 @@ class Repository:
 
     def apply(
         self,
-        thresholds: Mapping[str, float],
+        thresholds: Mapping[str | None, float],
         applied_by: str,
         source: Mapping[str, Any] | None = None,
     ) -> CalibrationRecord:
-        """A new version whose products in `thresholds` get those thresholds (z-score), the
-        others keeping the latest version's. Returns its record."""
+        """A new version whose products in `thresholds` get those thresholds (z-score; None
+        names the global calibration), the others keeping the latest version's. Returns its
+        record."""
         if not applied_by.strip():
             raise ConfigError("say who applies the calibration (--operator)")
+        bad = {k: v for k, v in thresholds.items() if not math.isfinite(float(v))}
+        if bad:
+            raise ConfigError(f"thresholds must be finite numbers, got {bad}")
         with self._locked():
             latest = self.latest()
             current = self.spec(latest)
-            unknown = sorted(set(thresholds) - set(current.per_category))
+            unknown = sorted(str(c) for c in set(thresholds) - {None, *current.per_category})
             if unknown:
                 raise ConfigError(
                     f"unknown products {unknown}; this build has {sorted(current.per_category)}"
                 )
-            per_category = {
-                c: dataclasses.replace(cal, threshold=float(thresholds.get(c, cal.threshold)))
-                for c, cal in current.per_category.items()
-            }
-            spec = dataclasses.replace(current, per_category=per_category)
+
+            def moved(product: str | None, calibration):
+                if product not in thresholds:
+                    return calibration
+                return dataclasses.replace(calibration, threshold=float(thresholds[product]))
+
+            spec = dataclasses.replace(
+                current,
+                calibration=moved(None, current.calibration),
+                per_category={c: moved(c, cal) for c, cal in current.per_category.items()},
+            )
             record = self._record(spec, applied_by, latest, latest, source)
             self._publish(latest, record)
             self._log({"action": "apply", **record.to_dict()})
@@ -164,9 +175,9 @@ class Repository:
                     drift.DriftWindow(self.drift, spec.calibration_for(product))
                 except (ValueError, OverflowError) as exc:
                     raise ConfigError(
-                        f"{product} threshold {spec.calibration_for(product).threshold:.3f} is "
-                        f"too low for the line metrics' drift law ({exc}): the server would "
-                        "refuse this version"
+                        f"{product or 'global'} threshold "
+                        f"{spec.calibration_for(product).threshold:.3f} is too low for the "
+                        f"line metrics' drift law ({exc}): the server would refuse this version"
                     ) from exc
         used = [latest, *(int(e["version"]) for e in self.history())]
         return CalibrationRecord(
@@ -180,6 +191,9 @@ class Repository:
         )
 
     def _publish(self, latest: int, record: CalibrationRecord) -> None:
+        """Copy the latest folder under a name Triton skips, add the record, flush every file
+        and the folder to disk, then rename it into place: a power cut leaves either no new
+        version or a whole one."""
         staging = self.model_dir / f".staging-{record.version}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(
@@ -188,11 +202,12 @@ class Repository:
             ignore=shutil.ignore_patterns(CALIBRATION_FILE, "__pycache__"),
         )
         text = json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n"
-        with open(staging / CALIBRATION_FILE, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        (staging / CALIBRATION_FILE).write_text(text, encoding="utf-8")
+        for path in sorted(staging.rglob("*"), reverse=True):  # files, then their folders
+            _fsync(path)
+        _fsync(staging)
         os.rename(staging, self.model_dir / str(record.version))
+        _fsync(self.model_dir)
 
     def rollback(self, applied_by: str) -> CalibrationRecord:
         """Undo the latest calibration: a new version carrying the calibration it replaced
@@ -225,6 +240,14 @@ def _drift_spec(config_path: Path) -> drift.DriftSpec | None:
     if drift.DRIFT_PARAMETER not in config.parameters:
         return None
     return drift.DriftSpec.from_json(config.parameters[drift.DRIFT_PARAMETER].string_value)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_version(name: str) -> bool:

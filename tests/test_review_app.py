@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
+from dcam.client.results import escape_path
 from dcam.core.errors import ConfigError
-from dcam.review.app import OPERATOR_COOKIE, create_app
+from dcam.review.app import OPERATOR_COOKIE, create_app, product_key
 from dcam.review.cli import review_group
 from dcam.review.config import ReviewConfig
 from dcam.review.station import Station
@@ -24,6 +26,11 @@ from dcam.review.store import LabelStore
 from tests.review_data import write_line
 
 TOKEN = "a-token-of-twenty-chars"
+LOCAL = "http://127.0.0.1"  # the station answers loopback names only, without a token
+
+
+def _page(product: str | None) -> str:
+    return f"/product/{product_key(product)}"
 
 
 @pytest.fixture
@@ -37,7 +44,7 @@ def _station(line: dict, **overrides) -> Station:
 
 
 def _client(station: Station, operator: str | None = "ann") -> TestClient:
-    client = TestClient(create_app(station))
+    client = TestClient(create_app(station), base_url=LOCAL)
     if operator:
         client.cookies.set(OPERATOR_COOKIE, operator)
     return client
@@ -49,7 +56,7 @@ def test_overview_and_product_pages_show_counts_queue_and_histogram(line: dict) 
     page = client.get("/").text
     flagged = sum(r["is_anomalous"] for r in line["rows"] if r["category"] == "bolt")
     assert f"<td>{flagged}</td>" in page
-    page = client.get("/product/bolt").text
+    page = client.get(_page("bolt")).text
     assert 'data-chart="histogram"' in page
     scores = [r["score"] for r in line["rows"] if r["category"] == "bolt" and r["is_anomalous"]]
     shown = [float(s) for s in _card_scores(page, "flagged")]
@@ -120,17 +127,17 @@ def test_fit_reports_threshold_counts_and_bound(line: dict) -> None:
     truth = line["truth"]
     for part in station.run.of_product("bolt"):
         client.post(f"/part/{part.id}", data={"label": truth[part.path]})
-    page = client.get("/product/bolt?target=false_call_rate&rate=0.1").text
+    page = client.get(_page("bolt") + "?target=false_call_rate&rate=0.1").text
     fitted = station.fit("bolt", "false_call_rate", 0.1)
     assert f"{fitted.threshold:.3f}" in page and 'data-chart="roc"' in page
     assert fitted.false_calls <= 0.1 * fitted.goods
     assert "too few" in page  # 16 goods cannot back 10% at 95%
-    assert "rate must be" in client.get("/product/bolt?rate=2").text
+    assert "rate must be" in client.get(_page("bolt") + "?rate=2").text
 
 
 def test_the_token_guards_every_page_and_the_api(line: dict) -> None:
     station = _station(line, host="0.0.0.0", token=TOKEN)
-    client = TestClient(create_app(station))
+    client = TestClient(create_app(station), base_url="http://line-pc.example")  # any name
     assert client.get("/").status_code == 401
     assert client.get("/api/parts").status_code == 401
     assert client.get("/?token=wrong-token-of-twenty").status_code == 401
@@ -138,7 +145,7 @@ def test_the_token_guards_every_page_and_the_api(line: dict) -> None:
     entered = client.get(f"/?token={TOKEN}", follow_redirects=False)
     assert entered.status_code == 303 and "token" not in entered.headers["location"]
     assert client.get("/").status_code == 200  # the cookie now
-    bearer = TestClient(create_app(station))
+    bearer = TestClient(create_app(station), base_url="http://line-pc.example")
     assert bearer.get("/api/parts", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
@@ -165,8 +172,8 @@ def test_a_post_from_another_site_is_refused(line: dict) -> None:
 
 def test_the_api_labels_for_scripts(line: dict) -> None:
     station = _station(line)
-    client = TestClient(create_app(station))
-    parts = client.get("/api/parts", params={"product": "gear"}).json()
+    client = TestClient(create_app(station), base_url=LOCAL)
+    parts = client.get("/api/parts", params={"product": product_key("gear")}).json()
     assert [p["score"] for p in parts if p["flagged"]] == sorted(
         (p["score"] for p in parts if p["flagged"]), reverse=True
     )
@@ -275,4 +282,67 @@ def test_parts_scored_meanwhile_show_on_the_next_page(line: dict) -> None:
         fh.write(json.dumps(extra) + "\n")
     parts = client.get("/api/parts").json()
     assert len(parts) == before + 1 and extra["path"] in {p["path"] for p in parts}
-    assert "7.50" in client.get("/product/bolt").text
+    assert "7.50" in client.get(_page("bolt")).text
+
+
+def test_without_a_token_only_loopback_names_are_answered(line: dict) -> None:
+    """DNS rebinding: a page's own name resolved to 127.0.0.1 must not reach the station."""
+    station = _station(line)
+    rebound = TestClient(create_app(station), base_url="http://attacker.example:8765")
+    assert rebound.get("/api/parts").status_code == 403
+    assert rebound.post("/api/label", json={"path": "x", "label": "good"}).status_code == 403
+    for name in ("http://localhost:8765", "http://[::1]:8765", LOCAL):
+        assert TestClient(create_app(station), base_url=name).get("/").status_code == 200
+
+
+def test_any_product_name_has_a_page(tmp_path: Path) -> None:
+    rows = [
+        {
+            "path": str(tmp_path / f"{i}.png"),
+            "category": "screw/10%41 <b>",
+            "score": i,
+            "is_anomalous": i > 2,
+        }
+        for i in range(5)
+    ]
+    results = tmp_path / "scores.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    station = Station(ReviewConfig(results=(results,)))
+    client = _client(station)
+    page = client.get(_page("screw/10%41 <b>"))
+    assert page.status_code == 200 and "screw/10%41 &lt;b&gt;" in page.text
+    assert client.get("/product/nothing").status_code == 404
+
+
+def test_rows_that_cannot_be_judged_or_would_share_a_heatmap(line: dict, tmp_path: Path) -> None:
+    rows = line["rows"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({**rows[0], "score": float("nan")}) + "\n")
+    station = Station(ReviewConfig(results=(line["results"], broken)))
+    assert station.run.failed_rows == 1  # the NaN row; the earlier row of that path stays
+    flat = tmp_path / "flat"  # heatmaps written flat: 000.png would fit a bolt and a gear
+    flat.mkdir()
+    shutil.copy(line["heatmaps"] / "bolt" / "test" / "good" / "000.png", flat / "000.png")
+    station = Station(ReviewConfig(results=(line["results"],), heatmaps=(flat,)))
+    assert all(p.heatmap is None for p in station.run.parts)
+
+
+def test_unreadable_file_names_label_and_export(line: dict, tmp_path: Path) -> None:
+    """A name that is not UTF-8 (an old camera share) is keyed by its escaped text."""
+    raw = os.fsdecode(b"/line/caf\xe9.png")
+    row = {**line["rows"][0], "path": escape_path(raw)[0], "path_escaped": True}
+    results = tmp_path / "latin1.jsonl"
+    results.write_text(json.dumps(row) + "\n")
+    station = Station(ReviewConfig(results=(results,)))
+    client = _client(station)
+    part = station.run.parts[0]
+    assert part.path == "/line/caf\\xe9.png"
+    assert client.post(f"/part/{part.id}", data={"label": "good"}).status_code == 200
+    assert client.get("/api/parts").json()[0]["label"] == "good"
+    assert "caf\\xe9" in client.get("/labels.csv").text
+
+
+def test_bad_api_bodies_are_answered_400(line: dict) -> None:
+    client = _client(_station(line))
+    assert client.post("/api/label", content=b"not json").status_code == 400
+    assert client.post("/api/label", json=[1, 2]).status_code == 400

@@ -24,6 +24,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from dcam.core.network import interface_addresses
+from dcam.review.app import product_key
 from dcam.review.runs import part_id
 from dcam.review.store import LabelStore
 from dcam.serve.server import free_port
@@ -92,7 +93,7 @@ def test_labels_given_with_the_keyboard_survive_a_killed_station(browser, tmp_pa
     page = browser.new_page()
     given: dict[str, str] = {}
     with station(line) as (url, process):
-        page.goto(f"{url}/operator?next=/product/bolt")
+        page.goto(f"{url}/operator?next=/product/{product_key('bolt')}")
         page.fill("#operator-name", "ann")
         page.click("#operator-save")
         page.click("#flagged a.card >> nth=0")
@@ -106,9 +107,9 @@ def test_labels_given_with_the_keyboard_survive_a_killed_station(browser, tmp_pa
         process.wait(timeout=10)
         # The tab now points at a dead station: a label given now is refused, never half-kept.
         with pytest.raises(PlaywrightError, match="ERR_CONNECTION_REFUSED"):
-            page.goto(f"{url}/product/bolt")
+            page.goto(f"{url}/product/{product_key('bolt')}")
     with station(line) as (url, _):
-        page.goto(f"{url}/product/bolt")
+        page.goto(f"{url}/product/{product_key('bolt')}")
         for path, label in given.items():  # the restarted station's page shows each label
             card = page.locator(f'a.card[data-id="{part_id(path)}"]')
             assert label in card.get_attribute("class").split()
@@ -138,7 +139,7 @@ def test_the_station_listens_on_loopback_unless_given_a_token(browser, tmp_path:
         page = browser.new_page()
         assert page.goto(f"{url}/").status == 401
         assert page.goto(f"{url}/?token={TOKEN}").status == 200  # then a cookie
-        assert page.goto(f"{url}/product/gear").status == 200
+        assert page.goto(f"{url}/product/{product_key('gear')}").status == 200
         assert "gear" in page.text_content("h1")
         page.close()
 

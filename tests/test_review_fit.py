@@ -219,3 +219,15 @@ def test_bad_parts_raise() -> None:
         Part(1.0, "maybe", False)
     with pytest.raises(InputError, match="finite"):
         Part(float("nan"), "good", False)
+
+
+def test_flagged_parts_nobody_labelled_leave_a_false_call_fit_unbacked() -> None:
+    """Passed parts may be presumed good; flagged ones above the threshold may each be a false
+    call, so a fit with any of them left is not backed, however many goods there are."""
+    goods = [Part(float(i) / 100, None, False) for i in range(200)]  # presumed good
+    unknown = [Part(5.0, None, True), Part(6.0, None, True)]
+    fitted = threshold_for_false_call_rate(goods + unknown, 0.05)
+    assert fitted.goods == 200 and not fitted.enough
+    assert "2 flagged parts above it are unlabelled" in fitted.note
+    labelled = [Part(5.0, "defect", True), Part(6.0, "good", True)]
+    assert threshold_for_false_call_rate(goods + labelled, 0.05).enough

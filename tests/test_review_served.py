@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from dcam.client.results import latest_rows
 from dcam.core.errors import ConfigError
-from dcam.review.app import OPERATOR_COOKIE, create_app
+from dcam.review.app import OPERATOR_COOKIE, create_app, product_key
 from dcam.review.cli import review_group
 from dcam.review.config import ReviewConfig
 from dcam.review.station import Station
@@ -73,7 +73,7 @@ def test_an_applied_threshold_changes_served_decisions_without_a_restart(
         before = _score(url, synthetic_root, results)
         assert {r["calibration"] for r in before.values()} == {f"{build}/1"}
         station = Station(ReviewConfig(results=(results,), repository=repo))
-        client = TestClient(create_app(station))
+        client = TestClient(create_app(station), base_url="http://127.0.0.1")
         client.cookies.set(OPERATOR_COOKIE, "ann")
         for part in station.run.parts:  # the truth is in the folder names
             label = "good" if "/test/good/" in part.path else "defect"
@@ -82,12 +82,19 @@ def test_an_applied_threshold_changes_served_decisions_without_a_restart(
         scores = sorted(float(r["score"]) for r in nut)
         threshold = str(scores[len(scores) // 2] - 1e-3)  # the upper half of nuts flagged
         page = client.post(
-            "/product/nut/apply", data={"threshold": threshold}, follow_redirects=False
+            f"/product/{product_key('nut')}/apply",
+            data={"threshold": threshold},
+            follow_redirects=False,
         )
         assert page.status_code == 200 and "Apply anyway" in page.text  # labels do not back it
+        stale = client.post(
+            f"/product/{product_key('nut')}/apply",
+            data={"threshold": threshold, "confirm": "yes", "labels_digest": "0" * 64},
+        )
+        assert "the labels changed since this fit" in stale.text
         assert Repository(repo).latest() == 1
         done = client.post(
-            "/product/nut/apply",
+            f"/product/{product_key('nut')}/apply",
             data={"threshold": threshold, "confirm": "yes"},
             follow_redirects=False,
         )
@@ -135,10 +142,13 @@ def test_versions_are_only_added_and_a_rollback_restores_the_one_before(
         repo.apply({"widget": 1.0}, "ann")
     with pytest.raises(ConfigError, match="drift law"):
         repo.apply({first: -50.0}, "ann")  # the server would refuse to load it
+    with pytest.raises(ConfigError, match="finite"):
+        repo.apply({first: float("nan")}, "ann")  # `score > nan` would flag nothing, ever
     assert repo.versions() == [1, 2, 3, 4, 5]
+    assert repo.apply({None: 2.5}, "ann").scoring.calibration.threshold == 2.5  # the global
     lines = (repo.root / "calibrations.jsonl").read_text().splitlines()
     actions = [json.loads(x)["action"] for x in lines]
-    assert actions == ["apply", "apply", "rollback", "rollback"]
+    assert actions == ["apply", "apply", "rollback", "rollback", "apply"]
 
 
 def test_results_of_another_build_are_refused(ensemble_repo: Path, tmp_path: Path) -> None:
@@ -177,7 +187,7 @@ def test_apply_from_the_command_line_asks_before_what_the_labels_do_not_back(
     results = tmp_path / "scores.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = LabelStore(tmp_path / "scores.labels.sqlite")
-    for row in rows:
+    for row in rows[:10]:  # the first product only: the other keeps its threshold
         store.add(row["path"], "defect" if row["score"] >= 5 else "good", "ann", row["category"])
     command = [
         "apply",
@@ -196,5 +206,7 @@ def test_apply_from_the_command_line_asks_before_what_the_labels_do_not_back(
     assert done.exit_code == 0, done.output
     spec = Repository(repo).spec()
     # 5 goods at 0..4 allow one false call at 20%: the threshold is the second-highest good
-    assert {c: spec.per_category[c].threshold for c in products} == dict.fromkeys(products, 3.0)
+    assert spec.per_category[products[0]].threshold == 3.0
+    assert spec.per_category[products[1]] == Repository(repo).base.per_category[products[1]]
+    assert f"{products[1]}: no good part is labelled; its threshold stays" in done.output
     assert "a polling server serves it" in done.output
