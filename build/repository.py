@@ -12,6 +12,7 @@ names the build it belongs to (core/served_calibration.py).
 
 from __future__ import annotations
 
+import compileall
 import shutil
 from collections.abc import Mapping
 from importlib import resources
@@ -23,6 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from dcam.build.config import BuildConfig
 from dcam.core import anomaly_map, batching, calibration, drift, scoring, served_calibration
 from dcam.core.drift import DRIFT_PARAMETER, DriftSpec
+from dcam.core.errors import BuildError
 from dcam.core.manifest import Manifest
 from dcam.core.names import (
     ANOMALY_MAP,
@@ -276,4 +278,16 @@ def write_model(repo: Path, config: mc.ModelConfig, template_name: str | None = 
             shutil.copy2(module.__file__, version / Path(module.__file__).name)
         for name in SUPPORT_TEMPLATES:
             (version / name).write_text(template(name))
+        _compile(version)
     return version
+
+
+def _compile(version: Path) -> None:
+    """Byte-compile the folder's Python now. A Python-backend stub that finds no valid
+    `__pycache__` writes one into the version folder while loading (PYTHONDONTWRITEBYTECODE does
+    not reach its embedded interpreter), and a server polling its repository takes that write
+    for a changed model and loads every Python model a second time, seconds after start.
+    Compiled here with the build's interpreter, the embedded server's stub (the same Python)
+    writes nothing; a container with another Python writes its own once."""
+    if not compileall.compile_dir(version, quiet=1, maxlevels=0):
+        raise BuildError(f"{version}: the Python model files do not compile")

@@ -5,12 +5,13 @@ of the latest folder with `calibration.json` beside it. A new folder is written 
 Triton's version scan ignores (it skips names `std::stoll` cannot parse: ".staging-N") and
 renamed into place, so a polling server never sees half a version. Folders are only ever
 added: a rollback is a new version carrying the calibration before the one it undoes. Removing
-the latest folder instead was tried: Triton 2.51 polling a repository reloads a new Python model
-twice (its stub writes `__pycache__` into the folder on the first load), and a folder removed
-during that second load left the poll stuck for good, serving the undone version. So version
-numbers are never reused either, and a result row's `<build>/<version>` names one calibration
-for good. Every apply and rollback is appended to `calibrations.jsonl` at the repository's root
-(Triton ignores files there), under a lock, so two stations cannot write the same version.
+the latest folder instead was tried: Triton 2.51 polling a repository loaded a new Python model
+twice (its stub wrote `__pycache__` into the folder on the first load; the build now
+byte-compiles each folder, `build/repository.py`), and a folder removed during the second load
+left the poll stuck for good, serving the undone version. So version numbers are never reused
+either, and a result row's `<build>/<version>` names one calibration for good. Every apply and
+rollback is appended to `calibrations.jsonl` at the repository's root (Triton ignores files
+there), under a lock, so two stations cannot write the same version.
 """
 
 from __future__ import annotations
@@ -193,13 +194,15 @@ class Repository:
     def _publish(self, latest: int, record: CalibrationRecord) -> None:
         """Copy the latest folder under a name Triton skips, add the record, flush every file
         and the folder to disk, then rename it into place: a power cut leaves either no new
-        version or a whole one."""
+        version or a whole one. `__pycache__` is copied too: the copies keep their sources'
+        times, so it stays valid and the stub writes nothing into the new folder while loading
+        (a write would make a polling server load the version twice)."""
         staging = self.model_dir / f".staging-{record.version}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(
             self.model_dir / str(latest),
             staging,
-            ignore=shutil.ignore_patterns(CALIBRATION_FILE, "__pycache__"),
+            ignore=shutil.ignore_patterns(CALIBRATION_FILE),
         )
         text = json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n"
         (staging / CALIBRATION_FILE).write_text(text, encoding="utf-8")

@@ -159,8 +159,8 @@ class TritonServer:
             *self.config.extra_args,
         ]
         # No PYTHONDONTWRITEBYTECODE: the stubs get it and still write __pycache__ into the
-        # version folders (their embedded interpreter ignores it; measured with 2.51), so a
-        # polling server loads a new Python model version twice (review/versions.py).
+        # version folders (their embedded interpreter ignores it; measured with 2.51), which a
+        # polling server takes for a changed model. The build byte-compiles them instead.
         env = server_env()
         # Own process group, so stopping it also ends the Python backend stubs.
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
