@@ -11,15 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from starlette.testclient import TestClient
 
 from dcam.client.results import latest_rows
-from dcam.core.errors import ConfigError
+from dcam.core.errors import ConfigError, ServerError
 from dcam.review.app import OPERATOR_COOKIE, create_app, product_key
 from dcam.review.cli import review_group
 from dcam.review.config import ReviewConfig
+from dcam.review.serving import take_up
 from dcam.review.station import Station
 from dcam.review.store import LabelStore
 from dcam.review.versions import Repository
@@ -210,3 +213,38 @@ def test_apply_from_the_command_line_asks_before_what_the_labels_do_not_back(
     assert spec.per_category[products[1]] == Repository(repo).base.per_category[products[1]]
     assert f"{products[1]}: no good part is labelled; its threshold stays" in done.output
     assert "a polling server serves it" in done.output
+
+
+@pytest.mark.parametrize(
+    ("mode", "args", "how"),
+    [
+        ("explicit", ("--model-control-mode=explicit", "--load-model=*"), "model-control API"),
+        ("none", (), None),
+    ],
+)
+def test_a_server_takes_a_version_up_by_load_request_or_says_it_cannot(
+    ensemble_repo: Path, tmp_path: Path, mode: str, args: tuple[str, ...], how: str | None
+) -> None:
+    """`--server`: an explicit-mode Triton loads the new version when asked; one in mode none
+    never takes it, and the wait ends saying what the server must do."""
+    repo = Repository(shutil.copytree(ensemble_repo, tmp_path / "repo"))
+    product = sorted(repo.base.per_category)[0]
+    config = ServerConfig(repo.root, poll_secs=0, extra_args=args)
+    with TritonServer(config) as server:
+        record = repo.apply({product: repo.base.per_category[product].threshold + 1}, "ann")
+        if how is None:
+            with pytest.raises(ServerError, match="must poll its repository"):
+                take_up(server.grpc_url, repo.model, record.version, timeout_s=3)
+            return
+        assert how in take_up(server.grpc_url, repo.model, record.version, timeout_s=60)
+        rows = _score(server.grpc_url, _images(tmp_path), tmp_path / "scores.jsonl")
+        assert {r["calibration"] for r in rows.values()} == {f"{repo.build_id}/2"}
+
+
+def _images(tmp_path: Path) -> Path:
+    """A few images in the layout _score globs (*/test/*/*)."""
+    folder = tmp_path / "images" / "carpet" / "test" / "good"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    return tmp_path / "images"
