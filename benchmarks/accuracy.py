@@ -65,6 +65,18 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated teacher sources (formula, fractal, random, imagenet) to compare",
     )
     p.add_argument("--teacher-weights", default=None)
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="map smoothing in pixels [default: dcam-train's, the same at every size]",
+    )
+    p.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the teacher probe on the same data: the probe-to-student gap column",
+    )
     p.add_argument("--work", default="runs/bench-accuracy")
     p.add_argument(
         "--reuse",
@@ -129,6 +141,47 @@ def summarise(results: dict) -> dict:
     return table
 
 
+def teacher_probe(data: Path, teacher: str, weights: str | None, size: int) -> dict:
+    """What the frozen teacher's features allow on this data: `dcam-teacher probe` (patch kNN
+    after the same AdaBN the students get), image AUROC per product and mean, timed."""
+    from dcam.teacher.config import ProbeConfig
+    from dcam.teacher.probe import probe
+
+    t0 = time.perf_counter()
+    config = ProbeConfig(data=str(data), teacher=teacher, teacher_weights=weights, image_size=size)
+    result = probe(config)
+    result["seconds"] = time.perf_counter() - t0
+    print(f"probe {teacher}: mean image AUROC {result['mean_image_auroc']:.4f}", flush=True)
+    return result
+
+
+def probe_lines(table: dict, probes: dict[str, dict], teacher_of: dict[str, str]) -> list[str]:
+    """The image-AUROC table's probe rows: the teacher probe per product, and the gap from it
+    to each configuration's mean (probe minus distilled: what the student leaves unused)."""
+    names = list(table)
+    cats = list(table[names[0]])
+    probe = {n: probes[teacher_of[n]] for n in names}
+    cells = [
+        f"{100 * probe[names[0]]['per_category'][c]:.1f}"
+        if c in probe[names[0]]["per_category"]
+        else f"{100 * probe[names[0]]['mean_image_auroc']:.1f}"
+        if c == "mean"
+        else "-"
+        for c in cats
+    ]
+    gaps = [
+        f"{100 * (probe[n]['mean_image_auroc'] - table[n]['mean']['image_auroc']['mean']):+.1f}"
+        for n in names
+    ]
+    return [
+        f"| probe-to-student gap | {' | '.join(gaps)} |",
+        "",
+        f"Teacher probe per product ({teacher_of[names[0]]}): "
+        + ", ".join(f"{c} {v}" for c, v in zip(cats, cells, strict=True))
+        + ".",
+    ]
+
+
 def markdown(table: dict, meta: dict) -> str:
     names = list(table)
     base = names[0]
@@ -156,6 +209,8 @@ def markdown(table: dict, meta: dict) -> str:
             for n in names
         ]
         out.append("| Δ mean | " + " | ".join(deltas) + " |")
+        if metric == "image_auroc" and meta.get("probe"):
+            out += probe_lines(table, meta["probe"], meta["teacher_of"])
     return "\n".join(out) + "\n"
 
 
@@ -177,11 +232,12 @@ def main() -> None:
         )
     start = time.perf_counter()
     results: dict = {}
+    teacher_of: dict[str, str] = {}
     fp16: dict = {"runs": {}, "skipped": {}}
     teachers = args.teachers.split(",")
     for teacher, name in [(t, n) for t in teachers for n in args.configs.split(",")]:
         key = name if len(teachers) == 1 else f"{name}/{teacher}"
-        results[key] = []
+        results[key], teacher_of[key] = [], teacher
         if args.fp16 and name in UNBUILDABLE:
             fp16["skipped"][key] = UNBUILDABLE[name]
         elif args.fp16:
@@ -195,7 +251,7 @@ def main() -> None:
                 image_size=args.image_size,
                 epochs=args.epochs,
                 seed=seed,
-                sigma=args.image_size / 64,
+                sigma=args.sigma if args.sigma is not None else TrainConfig.sigma,
                 **CONFIGS[name],
             )
             t0 = time.perf_counter()
@@ -209,8 +265,16 @@ def main() -> None:
             )
             if key in fp16["runs"]:
                 fp16["runs"][key].append(check_fp16(Path(cfg.out), key, seed))
+    probes = (
+        {}
+        if not args.probe
+        else {t: teacher_probe(data, t, args.teacher_weights, args.image_size) for t in teachers}
+    )
     meta = {
         "teacher": args.teacher_weights or args.teachers,
+        "probe": probes,
+        "teacher_of": teacher_of,
+        "sigma": args.sigma if args.sigma is not None else TrainConfig.sigma,
         "seeds": seeds,
         "epochs": args.epochs,
         "image_size": args.image_size,

@@ -231,3 +231,25 @@ def test_client_transport_measures_the_client_with_and_without_a_queue_policy(
             client_transport.client_rate(server.grpc_url, paths, tmp_path / "r.jsonl", 8, "none")
         )
     assert rate > 0
+
+
+def test_accuracy_tables_carry_the_probe_to_student_gap() -> None:
+    """Every accuracy table says what the teacher's features allow beside what was distilled."""
+    import accuracy
+
+    cell = {m: {"mean": 0.7, "spread": 0.02} for m in accuracy.METRICS}
+    table = {name: {"nut": cell, "mean": cell} for name in ("stfpm", "dcam-mask")}
+    probe = {"per_category": {"nut": 0.9}, "mean_image_auroc": 0.9}
+    meta = {
+        "teacher": "formula",
+        "data_seed": 7,
+        "seeds": [0],
+        "epochs": 1,
+        "image_size": 128,
+        "minutes": 1.0,
+        "probe": {"formula": probe},
+        "teacher_of": {"stfpm": "formula", "dcam-mask": "formula"},
+    }
+    text = accuracy.markdown(table, meta)
+    assert "| probe-to-student gap | +20.0 | +20.0 |" in text
+    assert "nut 90.0, mean 90.0" in text
