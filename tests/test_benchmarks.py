@@ -253,3 +253,16 @@ def test_accuracy_tables_carry_the_probe_to_student_gap() -> None:
     text = accuracy.markdown(table, meta)
     assert "| probe-to-student gap | +20.0 | +20.0 |" in text
     assert "nut 90.0, mean 90.0" in text
+
+
+def test_levers_reproduce_the_runs_own_evaluation(tiny_run: Path) -> None:
+    """The read-out variants start from the rule as trained: the run's own smoothing gives the
+    image AUROC training reported, so every other variant differs by the lever alone."""
+    import levers
+
+    result = levers.rescore(tiny_run)
+    sigma = json.loads((tiny_run / "config.json").read_text())["sigma"]
+    reported = json.loads((tiny_run / "manifest.json").read_text())["metrics"]["mean"]
+    variant = result["variants"][f"sigma {sigma:g}"]
+    assert variant["image_auroc"] == pytest.approx(reported["image_auroc"], abs=1e-6)
+    assert {"level-norm", "layer2+3", "sigma 0"} <= set(result["variants"])

@@ -1,0 +1,161 @@
+"""Read-out levers on trained runs, without retraining: the map's smoothing relative to the input
+size, and how the feature levels are weighed when their maps are combined.
+
+A student that copies its teacher too well on defects, or a map that drowns a small defect in
+one level's noise, both cost image AUROC the teacher's features would allow (issue 23). The
+second is a read-out choice: each run's teacher and student features of its held-out good and
+test images are computed once, then every variant's maps and metrics come from them.
+
+- `sigma S`: the rule as served (sum of per-level `1 - cos`, upsampled), smoothed by S pixels.
+- `level-norm`: each level's map divided by its mean on the run's held-out good images before
+  the sum, so no level's baseline dominates (smoothing as dcam-train's default).
+- `layer2+3`: layer1 left out (its 1/4-scale map is the noisiest).
+
+Run: `.venv/bin/python benchmarks/levers.py runs/size-128/*-s? --tag T` (runs of accuracy.py).
+Writes `benchmarks/results/levers-<tag>.{json,md}`: image AUROC, pixel AUROC and PRO per run
+size and variant, mean over the runs of each configuration (range over runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import torch
+
+from dcam.build.export import load_feature_net
+from dcam.core.anomaly_map import cosine_distance, gaussian_smooth, image_scores, resize_bilinear
+from dcam.core.manifest import Manifest
+from dcam.core.metrics import auroc, pro_score
+from dcam.datasets.layout import load_images, load_masks
+from dcam.training.config import TrainConfig
+
+METRICS = ("image_auroc", "pixel_auroc", "pro")
+
+
+@torch.no_grad()
+def level_maps(run: Path, images: np.ndarray) -> list[np.ndarray]:
+    """Per level, `1 - cos` of the run's teacher and student at the level's own scale."""
+    manifest = Manifest.read(run)
+    teacher = load_feature_net(run, manifest, "teacher")
+    student = load_feature_net(run, manifest, "student")
+    levels: list[list[np.ndarray]] = []
+    for start in range(0, len(images), 16):
+        x = torch.from_numpy(images[start : start + 16])
+        pairs = zip(teacher(x), student(x), strict=True)
+        for i, (t, s) in enumerate(pairs):
+            if len(levels) <= i:
+                levels.append([])
+            levels[i].append(cosine_distance(t.numpy(), s.numpy()))
+    return [np.concatenate(level) for level in levels]
+
+
+def variant_maps(levels, good_levels, size: int, default_sigma: float) -> dict[str, np.ndarray]:
+    """Each read-out variant's full-size maps from the per-level maps."""
+    up = [resize_bilinear(level, (size, size)) for level in levels]
+    plain = sum(up)
+    means = [float(level.mean()) for level in good_levels]
+    variants = {f"sigma {s:g}": gaussian_smooth(plain, s) for s in (0, 2, 4, 8, 16)}
+    variants["level-norm"] = gaussian_smooth(
+        sum(u / m for u, m in zip(up, means, strict=True)), default_sigma
+    )
+    variants["layer2+3"] = gaussian_smooth(up[1] + up[2], default_sigma)
+    return variants
+
+
+def metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, cats: np.ndarray) -> dict:
+    """Mean over products of image AUROC, pixel AUROC and PRO."""
+    scores = np.asarray(image_scores(maps))
+    rows = []
+    for c in sorted(set(cats)):
+        sel = cats == c
+        rows.append(
+            {
+                "image_auroc": auroc(labels[sel], scores[sel]),
+                "pixel_auroc": auroc(masks[sel].ravel(), maps[sel].ravel()),
+                "pro": pro_score(masks[sel], maps[sel]),
+            }
+        )
+    return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+
+
+def rescore(run: Path) -> dict:
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    splits = cfg.splits()
+    size = cfg.image_size
+    test = load_images(splits.test, size)
+    levels = level_maps(run, test)
+    good_levels = level_maps(run, load_images(splits.val, size))
+    labels = np.array([s.is_anomalous for s in splits.test])
+    cats = np.array([s.category for s in splits.test])
+    masks = load_masks(splits.test, size)
+    maps = variant_maps(levels, good_levels, size, cfg.sigma)
+    return {"size": size, "variants": {k: metrics(v, labels, masks, cats) for k, v in maps.items()}}
+
+
+def summarise(results: dict[str, dict]) -> dict:
+    """Per (size, configuration): each variant's mean and range over the runs (seeds)."""
+    groups: dict[str, list[dict]] = {}
+    for name, result in results.items():
+        config = name.rsplit("-s", 1)[0]
+        groups.setdefault(f"{result['size']} px {config}", []).append(result)
+    table = {}
+    for group, runs in groups.items():
+        table[group] = {
+            variant: {
+                m: {
+                    "mean": float(np.mean([r["variants"][variant][m] for r in runs])),
+                    "range": float(np.ptp([r["variants"][variant][m] for r in runs])),
+                }
+                for m in METRICS
+            }
+            for variant in runs[0]["variants"]
+        }
+    return table
+
+
+def report(payload: dict) -> str:
+    out = [
+        f"Runs: {len(payload['runs'])}; {payload['minutes']:.1f} min. Mean over seeds (range), %.\n"
+    ]
+    for group, variants in payload["table"].items():
+        out += [
+            f"\n### {group}\n",
+            "| read-out | image AUROC | pixel AUROC | PRO |",
+            "|---|---|---|---|",
+        ]
+        for variant, values in variants.items():
+            cells = [
+                f"{100 * values[m]['mean']:.1f} ({100 * values[m]['range']:.1f})" for m in METRICS
+            ]
+            out.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--tag", default=time.strftime("%Y%m%d"))
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    results = {}
+    for run in args.runs:
+        t0 = time.perf_counter()
+        results[f"{run.parent.name}/{run.name}"] = rescore(run)
+        print(f"{run}: {time.perf_counter() - t0:.0f} s", flush=True)
+    payload = {
+        "runs": results,
+        "table": summarise({k.split("/", 1)[1]: v for k, v in results.items()}),
+        "minutes": (time.perf_counter() - start) / 60,
+        "stamp": common.stamp(),
+    }
+    common.publish(f"levers-{args.tag}", payload, report)
+
+
+if __name__ == "__main__":
+    main()
