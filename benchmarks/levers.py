@@ -100,8 +100,8 @@ def rescore(run: Path) -> dict:
 def summarise(results: dict[str, dict]) -> dict:
     """Per (size, configuration): each variant's mean and range over the runs (seeds)."""
     groups: dict[str, list[dict]] = {}
-    for name, result in results.items():
-        config = name.rsplit("-s", 1)[0]
+    for name, result in results.items():  # name: <work folder>/<configuration>-s<seed>
+        config = name.rsplit("/", 1)[-1].rsplit("-s", 1)[0]
         groups.setdefault(f"{result['size']} px {config}", []).append(result)
     table = {}
     for group, runs in groups.items():
@@ -150,7 +150,7 @@ def main() -> None:
         print(f"{run}: {time.perf_counter() - t0:.0f} s", flush=True)
     payload = {
         "runs": results,
-        "table": summarise({k.split("/", 1)[1]: v for k, v in results.items()}),
+        "table": summarise(results),
         "minutes": (time.perf_counter() - start) / 60,
         "stamp": common.stamp(),
     }
