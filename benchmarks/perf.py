@@ -109,22 +109,24 @@ def run_perf(
         return list(csv.DictReader(fh))
 
 
+STAT_KEYS = ("requests", "request_ns", "queue_ns", "compute_ns")
+
+
 def model_stats(url: str) -> dict[str, dict]:
     """Triton's cumulative per-model statistics (request counts and nanoseconds)."""
     import tritonclient.http as http
 
     stats = http.InferenceServerClient(url).get_inference_statistics()
-    out = {}
-    for m in stats["model_stats"]:
-        inf = m["inference_stats"]
-        out[m["name"]] = {
-            "requests": inf["success"]["count"],
-            "request_ns": inf["success"]["ns"],
-            "queue_ns": inf["queue"]["ns"],
-            "compute_ns": sum(
-                inf[k]["ns"] for k in ("compute_input", "compute_infer", "compute_output")
-            ),
-        }
+    out: dict[str, dict] = {}
+    for m in stats["model_stats"]:  # one entry per model *version*: a polling server may list
+        inf = m["inference_stats"]  # several of a model, so each model's counters are summed
+        entry = out.setdefault(m["name"], dict.fromkeys(STAT_KEYS, 0))
+        entry["requests"] += inf["success"]["count"]
+        entry["request_ns"] += inf["success"]["ns"]
+        entry["queue_ns"] += inf["queue"]["ns"]
+        entry["compute_ns"] += sum(
+            inf[k]["ns"] for k in ("compute_input", "compute_infer", "compute_output")
+        )
     return out
 
 
