@@ -146,9 +146,7 @@ class Station:
         CutPaste estimate, from the repository's manifest)."""
         if self.repository is None:
             return {}
-        from dcam.core.manifest import Manifest
-
-        metrics = Manifest.read(self.repository.root).data.get("metrics", {})
+        metrics = self.repository.manifest.data.get("metrics", {})
         return dict((metrics.get("synthetic_anomalies") or {}).get("per_category") or {})
 
     def queue(self, product: str | None) -> list[Part]:

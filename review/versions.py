@@ -31,6 +31,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from dcam.build.report import REPORT_FILE, read_build_report
 from dcam.core import drift
 from dcam.core.errors import ConfigError, ManifestError
 from dcam.core.manifest import Manifest
@@ -46,7 +47,6 @@ from dcam.core.served_calibration import (
 
 HISTORY_FILE = "calibrations.jsonl"
 LOCK_FILE = ".calibrations.lock"
-REPORT_FILE = "build_report.json"
 
 
 class Repository:
@@ -55,10 +55,12 @@ class Repository:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        report_path = self.root / REPORT_FILE
-        if not report_path.is_file():
-            raise ConfigError(f"--repository {root}: no {REPORT_FILE}: not a dcam-build output")
-        report = json.loads(report_path.read_text())
+        try:
+            report = read_build_report(self.root)
+        except ManifestError as exc:
+            raise ConfigError(
+                f"--repository {root}: no {REPORT_FILE}: not a dcam-build output"
+            ) from exc
         self.build_id: str | None = report.get("build_id")
         if self.build_id is None:
             raise ConfigError(
@@ -71,9 +73,10 @@ class Repository:
         if not self.model_dir.is_dir():
             raise ConfigError(f"--repository {root}: no {self.model}/ model folder")
         try:
-            self.base: ScoringSpec = Manifest.read(self.root).scoring
+            self.manifest = Manifest.read(self.root)  # the build's copy of the training manifest
         except ManifestError as exc:
             raise ConfigError(f"--repository {root}: {exc}") from exc
+        self.base: ScoringSpec = self.manifest.scoring
         self.drift = _drift_spec(self.model_dir / "config.pbtxt")
 
     def versions(self) -> list[int]:

@@ -40,18 +40,9 @@ from dcam.core.served_calibration import (
     served_spec,
 )
 from dcam.serve.server import ServerConfig, TritonServer
+from tests.test_core import _spec
 
 DECIDING = {"ensemble": POSTPROCESS_MODEL, "fused": CALIBRATE_MODEL}
-
-
-def _spec() -> ScoringSpec:
-    return ScoringSpec(
-        (16, 16),
-        "sum",
-        1.0,
-        Calibration(0.5, 0.25, 2.0, 40),
-        {"bottle": Calibration(0.16, 0.02, 3.0, 4), "capsule": Calibration(0.5, 0.1, 2.5, 4)},
-    )
 
 
 def _thresholds(spec: ScoringSpec, threshold: float) -> ScoringSpec:
