@@ -46,6 +46,16 @@ CONFIGS = {
         "adapt_teacher_bn": True,
     },
 }
+# Issue 23's training-side levers, each on top of the default (dcam-mask+adabn).
+LEVERS = {
+    "cosine-lr": {"lr_schedule": "cosine"},
+    "channel-norm": {"feature_norm": "channel"},
+    "deep-levels": {"level_weights": (0.5, 1.0, 2.0)},
+}
+BASE_CONFIGS = tuple(CONFIGS)  # what a run without --configs compares
+CONFIGS.update(
+    {f"dcam-mask+adabn+{k}": {**CONFIGS["dcam-mask+adabn"], **v} for k, v in LEVERS.items()}
+)
 METRICS = ("image_auroc", "pixel_auroc", "pro")
 # Configurations dcam-build refuses, so without an FP16 graph to check.
 UNBUILDABLE = {"dcam-inline": "its student keeps the DCAM blocks, which dcam-build refuses"}
@@ -53,7 +63,11 @@ UNBUILDABLE = {"dcam-inline": "its student keeps the DCAM blocks, which dcam-bui
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    p.add_argument(
+        "--configs",
+        default=",".join(BASE_CONFIGS),
+        help=f"comma-separated, of {', '.join(CONFIGS)}",
+    )
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=6)

@@ -56,8 +56,11 @@ def test_train_command_end_to_end(synthetic_root: Path, tmp_path: Path) -> None:
         "spatial",
     ]
     args += ["--dcam-mode", "side", "--losses", "cosine,spatial_cosine", "--device", "cpu"]
+    args += ["--lr-schedule", "cosine", "--level-weights", "1, 0.5,2"]
     result = CliRunner().invoke(train_command, args)
     assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["level_weights"] == [1.0, 0.5, 2.0] and config["lr_schedule"] == "cosine"
     assert "| **mean** |" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["losses"] == ["cosine", "spatial_cosine"]
@@ -76,6 +79,11 @@ def test_train_command_errors_are_messages(synthetic_root: Path, tmp_path: Path)
         train_command, [*base, "--teacher", "random", "--image-size", "100"]
     )
     assert bad_size.exit_code == 1 and "multiple of 32" in bad_size.output
+    for weights, says in (("1,x,2", "not a list of numbers"), ("1,2", "one weight >= 0 per level")):
+        bad_weights = CliRunner().invoke(
+            train_command, [*base, "--teacher", "random", "--level-weights", weights]
+        )
+        assert bad_weights.exit_code != 0 and says in bad_weights.output, bad_weights.output
     no_weights = CliRunner().invoke(
         train_command, [*base, "--teacher-weights", str(tmp_path / "missing.pth")]
     )

@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from dcam.core.errors import ConfigError
+from dcam.nets.features import Normalize
+from dcam.teacher.sources import load_teacher
 from dcam.training.losses import (
     channel_cosine_loss,
+    channel_statistics,
     distillation_loss,
     spatial_cosine_loss,
     spatial_kl_loss,
+    standardise,
     stfpm_l2_loss,
 )
 
@@ -59,3 +64,27 @@ def test_distillation_sums_levels_and_losses() -> None:
     assert got.item() == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ConfigError, match="losses"):
         distillation_loss(t, s, ["nope"])
+
+
+def test_level_weights_scale_each_level() -> None:
+    t = [_pixels([1, 0]), _pixels([1, 0], [0, 1])]
+    s = [_pixels([0, 1]), _pixels([1, 0], [1, 0])]
+    got = distillation_loss(t, s, ["cosine"], level_weights=[2.0, 0.5])
+    assert got.item() == pytest.approx(2.0 * 1.0 + 0.5 * 0.5, abs=1e-6)
+    with pytest.raises(ConfigError, match="level weights"):
+        distillation_loss(t, s, ["cosine"], level_weights=[1.0])
+
+
+def test_channel_statistics_are_the_teachers_per_channel_moments() -> None:
+    torch.manual_seed(0)
+    teacher = load_teacher("resnet18", "random").eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    stats = channel_statistics(teacher, images, batch_size=2, device=torch.device("cpu"))
+    with torch.no_grad():
+        feats = teacher(Normalize()(torch.from_numpy(images)))
+    for (mean, std), f in zip(stats, feats, strict=True):
+        values = f.double().transpose(0, 1).flatten(1)  # channel x every pixel of every image
+        assert torch.allclose(mean.flatten().double(), values.mean(1), atol=1e-5)
+        assert torch.allclose(std.flatten().double(), values.std(1, correction=0), atol=1e-4)
+        unit = standardise([f], [(mean, std)])[0].double().transpose(0, 1).flatten(1)
+        assert torch.allclose(unit.mean(1), torch.zeros(len(unit), dtype=torch.float64), atol=1e-4)

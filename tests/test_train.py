@@ -11,7 +11,7 @@ from dcam.core.errors import DcamError
 from dcam.datasets.layout import discover, load_images
 from dcam.training.config import TrainConfig
 from dcam.training.model import Student, load_teacher
-from dcam.training.train import run_epoch, train
+from dcam.training.train import learning_rate, run_epoch, train
 from tests.conftest import tiny_config
 
 
@@ -139,3 +139,44 @@ def test_auto_teacher_is_recorded_and_kept_on_resume(
     cached.write_bytes(b"")  # auto would now pick imagenet (and fail to read this file)
     resumed = train(tiny_config(synthetic_root, out, teacher="auto", epochs=2), resume=True)
     assert resumed["teacher"] == first["teacher"]
+
+
+def test_cosine_schedule_decays_to_zero_and_constant_stays() -> None:
+    cfg = TrainConfig(data=("x",), epochs=4, lr=0.4, lr_schedule="cosine")
+    assert [learning_rate(cfg, e) for e in range(4)] == pytest.approx(
+        [0.4, 0.4 * (1 + np.cos(np.pi / 4)) / 2, 0.2, 0.4 * (1 + np.cos(3 * np.pi / 4)) / 2]
+    )
+    constant = TrainConfig(data=("x",), epochs=4, lr=0.4)
+    assert {learning_rate(constant, e) for e in range(4)} == {0.4}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"level_weights": (1.0, 1.0)},
+        {"level_weights": (1.0, -1.0, 1.0)},
+        {"level_weights": (0.0, 0.0, 0.0)},
+        {"lr_schedule": "step"},
+        {"feature_norm": "layer"},
+    ],
+)
+def test_lever_settings_are_checked(bad: dict) -> None:
+    with pytest.raises(DcamError):
+        TrainConfig(data=("x",), **bad)
+
+
+def test_levers_train_and_round_trip(synthetic_root: Path, tmp_path: Path) -> None:
+    """A run with every training-side lever of issue 23 on trains, and its config.json reads
+    back to the same settings (what --resume compares against)."""
+    cfg = tiny_config(
+        synthetic_root,
+        tmp_path / "run",
+        epochs=1,
+        lr_schedule="cosine",
+        level_weights=(0.5, 1.0, 2.0),
+        feature_norm="channel",
+    )
+    manifest = train(cfg)
+    assert np.isfinite(manifest["training"]["best_val"])
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert saved == cfg

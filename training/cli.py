@@ -18,7 +18,9 @@ from dcam.training.config import (
     CALIBRATION_METHODS,
     DCAM_MODES,
     DCAM_VARIANTS,
+    FEATURE_NORMS,
     LOSSES,
+    LR_SCHEDULES,
     TrainConfig,
 )
 
@@ -26,6 +28,16 @@ from dcam.training.config import (
 def split_list(value: str | None) -> tuple[str, ...] | None:
     """'a, b,' -> ('a', 'b'); None or '' -> None."""
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def parse_weights(value: str) -> tuple[float, ...]:
+    """'1, 0.5,2' -> (1.0, 0.5, 2.0); a word that is not a number is a usage error."""
+    try:
+        return tuple(float(v) for v in split_list(value) or ())
+    except ValueError:
+        raise click.BadParameter(
+            f"not a list of numbers: {value!r}", param_hint="--level-weights"
+        ) from None
 
 
 def _d(name: str):
@@ -92,6 +104,24 @@ def _d(name: str):
 @click.option("--epochs", type=int, default=_d("epochs"))
 @click.option("--batch-size", type=int, default=_d("batch_size"))
 @click.option("--lr", type=float, default=_d("lr"))
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(LR_SCHEDULES),
+    default=_d("lr_schedule"),
+    help="constant (STFPM's), or cosine: decays to 0 over --epochs.",
+)
+@click.option(
+    "--level-weights",
+    default=",".join(str(w) for w in _d("level_weights")),
+    help="Comma-separated loss weights of layer1, layer2, layer3.",
+)
+@click.option(
+    "--feature-norm",
+    type=click.Choice(FEATURE_NORMS),
+    default=_d("feature_norm"),
+    help="channel: standardise both sides by the teacher's per-channel statistics on the "
+    "training goods before the losses (training only).",
+)
 @click.option("--momentum", type=float, default=_d("momentum"))
 @click.option("--weight-decay", type=float, default=_d("weight_decay"))
 @click.option("--seed", type=int, default=_d("seed"))
@@ -135,6 +165,7 @@ def train_command(resume: bool, force: bool, **options) -> None:
     options["data"] = tuple(options["data"])
     options["categories"] = split_list(options["categories"])
     options["losses"] = split_list(options["losses"]) or ()
+    options["level_weights"] = parse_weights(options["level_weights"])
     cfg = TrainConfig(**options)
     manifest = train(cfg, resume=resume, force=force)
     report = Path(cfg.out) / "report.md"

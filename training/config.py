@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from dcam.core.anomaly_map import COMBINE_MODES
 from dcam.core.calibration import CALIBRATION_METHODS
 from dcam.core.errors import ConfigError
+from dcam.core.names import LEVELS
 from dcam.nets.choices import check_backbone
 from dcam.teacher.config import TEACHER_SOURCES
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 DCAM_VARIANTS = ("none", "channel", "spatial", "channel+spatial")
 DCAM_MODES = ("side", "mask", "inline")
 LOSSES = ("cosine", "kl", "spatial_cosine", "l2")
+LR_SCHEDULES = ("constant", "cosine")
+FEATURE_NORMS = ("none", "channel")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,15 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 8
     lr: float = 0.4  # STFPM's SGD settings
+    # constant: STFPM's. cosine: the learning rate decays to 0 over `epochs` (issue 23's
+    # schedule lever, measured in benchmarks/README.md).
+    lr_schedule: str = "constant"
+    # The losses' weight on layer1, layer2, layer3 (issue 23's level-weight lever).
+    level_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    # channel: teacher and student features standardised by the teacher's per-channel mean and
+    # standard deviation on the training goods before the losses, so every channel weighs alike
+    # in the cosine (issue 23's normalisation lever). Training only: the served map is unchanged.
+    feature_norm: str = "none"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
@@ -70,6 +82,15 @@ class TrainConfig:
             _check_choice("loss", loss, LOSSES)
         if not self.losses:
             raise ConfigError(f"choose at least one loss of {LOSSES}")
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("feature_norm", self.feature_norm, FEATURE_NORMS)
+        if len(self.level_weights) != len(LEVELS) or min(self.level_weights) < 0:
+            raise ConfigError(
+                f"level_weights needs one weight >= 0 per level {list(LEVELS)}; "
+                f"got {list(self.level_weights)}"
+            )
+        if not sum(self.level_weights) > 0:
+            raise ConfigError("level_weights must not all be 0")
         if not self.data:
             raise ConfigError("give at least one data folder")
         if self.image_size < 32 or self.image_size % 32:
@@ -102,7 +123,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        tuples = ("data", "losses", "categories")
+        tuples = ("data", "losses", "categories", "level_weights")
         fixed = {k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()}
         return cls(**fixed)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dcam.core.errors import ConfigError
+from dcam.nets.features import Normalize
 from dcam.training.config import LOSSES
 
 
@@ -57,20 +59,62 @@ def distillation_loss(
     student: Sequence[torch.Tensor],
     losses: Sequence[str],
     temperature: float = 1.0,
+    level_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """Sum of the selected losses over all feature levels."""
+    """Sum of the selected losses over all feature levels, level i weighted by level_weights[i]
+    (1 each when None)."""
     check_losses(losses)
+    weights = [1.0] * len(teacher) if level_weights is None else list(level_weights)
+    if len(weights) != len(teacher):
+        raise ConfigError(f"{len(weights)} level weights for {len(teacher)} feature levels")
     total = torch.zeros((), device=student[0].device)
-    for t, s in zip(teacher, student, strict=True):
+    for t, s, weight in zip(teacher, student, weights, strict=True):
         t = t.float()
         s = s.float()
         for name in losses:
             if name == "cosine":
-                total = total + channel_cosine_loss(t, s)
+                term = channel_cosine_loss(t, s)
             elif name == "kl":
-                total = total + spatial_kl_loss(t, s, temperature)
+                term = spatial_kl_loss(t, s, temperature)
             elif name == "spatial_cosine":
-                total = total + spatial_cosine_loss(t, s)
+                term = spatial_cosine_loss(t, s)
             else:
-                total = total + stfpm_l2_loss(t, s)
+                term = stfpm_l2_loss(t, s)
+            total = total + weight * term
     return total
+
+
+@torch.no_grad()
+def channel_statistics(
+    teacher: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per level, the teacher's per-channel mean and standard deviation over every pixel of
+    `images` (uint8 NHWC, as loaded): what feature_norm="channel" standardises both sides by."""
+    normalize = Normalize().to(device)
+    sums: list[torch.Tensor] = []
+    squares: list[torch.Tensor] = []
+    pixels: list[int] = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(images[start : start + batch_size]).to(device))
+        feats = [f.double() for f in teacher(x)]
+        if not sums:
+            sums = [torch.zeros(f.shape[1], dtype=torch.float64, device=device) for f in feats]
+            squares = [torch.zeros_like(v) for v in sums]
+            pixels = [0] * len(feats)
+        for i, f in enumerate(feats):
+            sums[i] += f.sum(dim=(0, 2, 3))
+            squares[i] += (f * f).sum(dim=(0, 2, 3))
+            pixels[i] += f.shape[0] * f.shape[2] * f.shape[3]
+    stats = []
+    for total, square, n in zip(sums, squares, pixels, strict=True):
+        mean = total / n
+        std = (square / n - mean**2).clamp_min(0).sqrt().clamp_min(1e-4)
+        stats.append((mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)))
+    return stats
+
+
+def standardise(
+    feats: Sequence[torch.Tensor], stats: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """(feature - mean) / std per channel and level."""
+    return [(f - m) / s for f, (m, s) in zip(feats, stats, strict=True)]

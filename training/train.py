@@ -8,6 +8,7 @@ state dicts, the student without DCAM weights), `manifest.json`, `config.json`, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -28,7 +29,7 @@ from dcam.teacher.sources import TeacherChoice, choose_source
 from dcam.training.calibration import calibrate, detection_estimate, threshold_note
 from dcam.training.config import TrainConfig
 from dcam.training.evaluate import evaluate, markdown_table, predict_maps
-from dcam.training.losses import distillation_loss
+from dcam.training.losses import channel_statistics, distillation_loss, standardise
 from dcam.training.manifest import build_manifest
 from dcam.training.model import Normalize, Student, adapt_batchnorm, load_teacher
 
@@ -58,11 +59,26 @@ def save_atomic(obj: dict, path: Path) -> None:
     write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
-def batch_loss(teacher, student, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def batch_loss(
+    teacher, student, x: torch.Tensor, cfg: TrainConfig, stats: list | None = None
+) -> torch.Tensor:
+    """The distillation loss of one batch; `stats`: feature_norm's per-channel statistics."""
     with torch.no_grad():
         t_feats = teacher(x)
-    pairs = student.loss_pairs(t_feats, student(x))
-    return sum(distillation_loss(t, s, cfg.losses, cfg.temperature) for t, s in pairs)
+    s_feats = student(x)
+    if stats is not None:
+        t_feats, s_feats = standardise(t_feats, stats), standardise(s_feats, stats)
+    pairs = student.loss_pairs(t_feats, s_feats)
+    return sum(
+        distillation_loss(t, s, cfg.losses, cfg.temperature, cfg.level_weights) for t, s in pairs
+    )
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (0-based) under cfg.lr_schedule."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.lr
 
 
 def run_epoch(
@@ -74,6 +90,7 @@ def run_epoch(
     epoch: int,
     optimizer=None,
     scaler=None,
+    stats: list | None = None,
 ) -> float:
     """One pass over `images`; trains when an optimizer is given, else returns the val loss."""
     training = optimizer is not None
@@ -100,7 +117,7 @@ def run_epoch(
             torch.set_grad_enabled(training),
             torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"),
         ):
-            loss = batch_loss(teacher, student, x, cfg)
+            loss = batch_loss(teacher, student, x, cfg, stats)
         if training:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -187,6 +204,11 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     val_images = load_images(splits.val, cfg.image_size, "loading held-out")
     if cfg.adapt_teacher_bn:  # deterministic, so a resumed run re-adapts to the same statistics
         adapt_batchnorm(teacher, train_images, cfg.batch_size, device)
+    stats = (
+        channel_statistics(teacher, train_images, cfg.batch_size, device)
+        if cfg.feature_norm == "channel"
+        else None
+    )
     student = Student(cfg.backbone, teacher.channels, cfg.dcam, cfg.dcam_mode).to(device)
     optimizer = torch.optim.SGD(
         student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -210,10 +232,12 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     write_json_atomic(out / "config.json", cfg.to_dict())
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, epoch)
         train_loss = run_epoch(
-            teacher, student, train_images, cfg, device, epoch, optimizer, scaler
+            teacher, student, train_images, cfg, device, epoch, optimizer, scaler, stats
         )
-        val_loss = run_epoch(teacher, student, val_images, cfg, device, epoch)
+        val_loss = run_epoch(teacher, student, val_images, cfg, device, epoch, stats=stats)
         state["seconds"] += time.perf_counter() - start
         state["history"].append(
             {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
