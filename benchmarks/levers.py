@@ -10,6 +10,8 @@ test images are computed once, then every variant's maps and metrics come from t
 - `level-norm`: each level's map divided by its mean on the run's held-out good images before
   the sum, so no level's baseline dominates (smoothing as dcam-train's default).
 - `layer2+3`: layer1 left out (its 1/4-scale map is the noisiest).
+- `channel-std`: `1 - cos` of features standardised by the teacher's per-channel mean and std on
+  the run's training goods (the read-out that matches training with `--feature-norm channel`).
 
 Run: `.venv/bin/python benchmarks/levers.py runs/size-128/*-s? --tag T` (runs of accuracy.py).
 Writes `benchmarks/results/levers-<tag>.{json,md}`: image AUROC, pixel AUROC and PRO per run
@@ -33,37 +35,55 @@ from dcam.core.manifest import Manifest
 from dcam.core.metrics import auroc, pro_score
 from dcam.datasets.layout import load_images, load_masks
 from dcam.training.config import TrainConfig
+from dcam.training.losses import channel_statistics
 
 METRICS = ("image_auroc", "pixel_auroc", "pro")
 
 
 @torch.no_grad()
-def level_maps(run: Path, images: np.ndarray) -> list[np.ndarray]:
-    """Per level, `1 - cos` of the run's teacher and student at the level's own scale."""
+def level_maps(run: Path, images: np.ndarray, stats: list | None = None) -> dict[str, list]:
+    """Per level, `1 - cos` of the run's teacher and student at the level's own scale: "plain",
+    and "channel-std" on features standardised by `stats` (per level: channel mean, std)."""
     manifest = Manifest.read(run)
     teacher = load_feature_net(run, manifest, "teacher")
     student = load_feature_net(run, manifest, "student")
-    levels: list[list[np.ndarray]] = []
+    levels: dict[str, list[list[np.ndarray]]] = {"plain": [], "channel-std": []}
     for start in range(0, len(images), 16):
         x = torch.from_numpy(images[start : start + 16])
         pairs = zip(teacher(x), student(x), strict=True)
         for i, (t, s) in enumerate(pairs):
-            if len(levels) <= i:
-                levels.append([])
-            levels[i].append(cosine_distance(t.numpy(), s.numpy()))
-    return [np.concatenate(level) for level in levels]
+            if len(levels["plain"]) <= i:
+                levels["plain"].append([])
+                levels["channel-std"].append([])
+            levels["plain"][i].append(cosine_distance(t.numpy(), s.numpy()))
+            if stats is not None:
+                mean, std = stats[i]
+                unit_t, unit_s = (t.numpy() - mean) / std, (s.numpy() - mean) / std
+                levels["channel-std"][i].append(cosine_distance(unit_t, unit_s))
+    return {k: [np.concatenate(level) for level in v if level] for k, v in levels.items()}
+
+
+def teacher_channel_stats(run: Path, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per level, the teacher's per-channel mean and std over every pixel of `images`: training's
+    own rule (`--feature-norm channel`) on the run's teacher."""
+    teacher = load_feature_net(run, Manifest.read(run), "teacher")
+    stats = channel_statistics(teacher.net, images, 16, torch.device("cpu"))
+    return [(mean.numpy(), std.numpy()) for mean, std in stats]
 
 
 def variant_maps(levels, good_levels, size: int, default_sigma: float) -> dict[str, np.ndarray]:
-    """Each read-out variant's full-size maps from the per-level maps."""
-    up = [resize_bilinear(level, (size, size)) for level in levels]
+    """Each read-out variant's full-size maps from the per-level maps (level_maps' output)."""
+    up = [resize_bilinear(level, (size, size)) for level in levels["plain"]]
     plain = sum(up)
-    means = [float(level.mean()) for level in good_levels]
+    means = [float(level.mean()) for level in good_levels["plain"]]
     variants = {f"sigma {s:g}": gaussian_smooth(plain, s) for s in (0, 2, 4, 8, 16)}
     variants["level-norm"] = gaussian_smooth(
         sum(u / m for u, m in zip(up, means, strict=True)), default_sigma
     )
     variants["layer2+3"] = gaussian_smooth(up[1] + up[2], default_sigma)
+    if levels["channel-std"]:
+        unit = sum(resize_bilinear(level, (size, size)) for level in levels["channel-std"])
+        variants["channel-std"] = gaussian_smooth(unit, default_sigma)
     return variants
 
 
@@ -88,7 +108,8 @@ def rescore(run: Path) -> dict:
     splits = cfg.splits()
     size = cfg.image_size
     test = load_images(splits.test, size)
-    levels = level_maps(run, test)
+    stats = teacher_channel_stats(run, load_images(splits.train, size))
+    levels = level_maps(run, test, stats)
     good_levels = level_maps(run, load_images(splits.val, size))
     labels = np.array([s.is_anomalous for s in splits.test])
     cats = np.array([s.category for s in splits.test])

@@ -265,4 +265,4 @@ def test_levers_reproduce_the_runs_own_evaluation(tiny_run: Path) -> None:
     reported = json.loads((tiny_run / "manifest.json").read_text())["metrics"]["mean"]
     variant = result["variants"][f"sigma {sigma:g}"]
     assert variant["image_auroc"] == pytest.approx(reported["image_auroc"], abs=1e-6)
-    assert {"level-norm", "layer2+3", "sigma 0"} <= set(result["variants"])
+    assert {"level-norm", "layer2+3", "sigma 0", "channel-std"} <= set(result["variants"])

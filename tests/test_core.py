@@ -261,7 +261,7 @@ def test_cli_defaults_come_from_the_stage_config(index: int) -> None:
             continue  # an option with no config field (paths, ports, --glob, ...)
         got = param.default
         if isinstance(expected, tuple) and isinstance(got, str):
-            expected = ",".join(expected)  # comma-separated list options
+            expected = ",".join(str(v) for v in expected)  # comma-separated list options
         if param.multiple:
             got = tuple(got)
         assert got == expected, (param.name, got, expected)

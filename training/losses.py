@@ -89,7 +89,8 @@ def channel_statistics(
     teacher: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per level, the teacher's per-channel mean and standard deviation over every pixel of
-    `images` (uint8 NHWC, as loaded): what feature_norm="channel" standardises both sides by."""
+    `images` (uint8 NHWC, as loaded), the std floored at the level's median: what
+    feature_norm="channel" standardises both sides by."""
     normalize = Normalize().to(device)
     sums: list[torch.Tensor] = []
     squares: list[torch.Tensor] = []
@@ -108,7 +109,10 @@ def channel_statistics(
     stats = []
     for total, square, n in zip(sums, squares, pixels, strict=True):
         mean = total / n
-        std = (square / n - mean**2).clamp_min(0).sqrt().clamp_min(1e-4)
+        std = (square / n - mean**2).clamp_min(0).sqrt()
+        # Floored at the level's median: quiet (or dead, std 0) channels would otherwise scale a
+        # student's stray output there by up to 1/eps and swamp the loss.
+        std = std.clamp_min(float(std.median()))
         stats.append((mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)))
     return stats
 
