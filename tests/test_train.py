@@ -11,7 +11,7 @@ from dcam.core.errors import DcamError
 from dcam.datasets.layout import discover, load_images
 from dcam.training.config import TrainConfig
 from dcam.training.model import Student, load_teacher
-from dcam.training.train import learning_rate, run_epoch, train
+from dcam.training.train import augment, learning_rate, run_epoch, train
 from tests.conftest import tiny_config
 
 
@@ -175,8 +175,22 @@ def test_levers_train_and_round_trip(synthetic_root: Path, tmp_path: Path) -> No
         lr_schedule="cosine",
         level_weights=(0.5, 1.0, 2.0),
         feature_norm="channel",
+        augment="flip",
     )
     manifest = train(cfg)
     assert np.isfinite(manifest["training"]["best_val"])
     saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
     assert saved == cfg
+
+
+def test_augmentations_keep_the_batch_and_are_seeded() -> None:
+    x = torch.randn(6, 3, 8, 8)
+    flipped = augment(x, "flip", torch.Generator().manual_seed(0))
+    assert torch.equal(flipped, augment(x, "flip", torch.Generator().manual_seed(0)))
+    for original, out in zip(x, flipped, strict=True):  # each image is one of its four flips
+        assert any(torch.equal(out, original.flip(d)) for d in ([], [1], [2], [1, 2]))
+    lit = augment(x, "photometric", torch.Generator().manual_seed(0))
+    for original, out in zip(x, lit, strict=True):  # one gain and offset per image
+        gain = (out - out.mean()).norm() / (original - original.mean()).norm()
+        assert 0.9 - 1e-5 <= gain <= 1.1 + 1e-5
+        assert torch.allclose(out, original * gain + (out - original * gain).mean(), atol=1e-5)

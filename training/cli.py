@@ -15,6 +15,7 @@ from dcam.core.cli import default, reports_errors
 from dcam.nets.choices import BACKBONES
 from dcam.teacher.config import TEACHER_SOURCES
 from dcam.training.config import (
+    AUGMENTATIONS,
     CALIBRATION_METHODS,
     DCAM_MODES,
     DCAM_VARIANTS,
@@ -121,6 +122,12 @@ def _d(name: str):
     default=_d("feature_norm"),
     help="channel: standardise both sides by the teacher's per-channel statistics on the "
     "training goods before the losses (training only).",
+)
+@click.option(
+    "--augment",
+    type=click.Choice(AUGMENTATIONS),
+    default=_d("augment"),
+    help="Augment the training goods: photometric (gain and offset, +-10%) or flip.",
 )
 @click.option("--momentum", type=float, default=_d("momentum"))
 @click.option("--weight-decay", type=float, default=_d("weight_decay"))
