@@ -49,7 +49,7 @@ class TrainConfig:
     losses: tuple[str, ...] = ("cosine", "kl")
     temperature: float = 1.0  # spatial-softmax temperature of the KL term
     # 192 px by measurement (issue 23, benchmarks/README.md, 20 epochs, 3 seeds on the synthetic
-    # line): the best image AUROC (77.9, 0.6 below the teacher probe) at a PRO no worse than
+    # line): the best image AUROC (78.0, 0.5 below the teacher probe) at a PRO no worse than
     # 256 px's (64.6 against 64.1; 256 px ranks at 74.1). 128 px ties it (77.4, inside the
     # seed ranges) and localises better here (PRO 67.5), but on photographed textures PRO fell
     # 8 points from 256 to 128 px, so the default does not stake localisation on the smallest.
