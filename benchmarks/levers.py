@@ -35,7 +35,7 @@ from dcam.core.manifest import Manifest
 from dcam.core.metrics import auroc, pro_score
 from dcam.datasets.layout import load_images, load_masks
 from dcam.training.config import TrainConfig
-from dcam.training.losses import channel_statistics
+from dcam.training.levers import channel_statistics
 
 METRICS = ("image_auroc", "pixel_auroc", "pro")
 

@@ -266,3 +266,15 @@ def test_levers_reproduce_the_runs_own_evaluation(tiny_run: Path) -> None:
     variant = result["variants"][f"sigma {sigma:g}"]
     assert variant["image_auroc"] == pytest.approx(reported["image_auroc"], abs=1e-6)
     assert {"level-norm", "layer2+3", "sigma 0", "channel-std"} <= set(result["variants"])
+
+
+def test_run_facts_read_back_what_the_run_wrote(tiny_run: Path) -> None:
+    """The size study's best epochs, times and served decisions come from the run's own files."""
+    import run_facts
+
+    facts = run_facts.facts(tiny_run)
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert facts["image_auroc"] == manifest["metrics"]["mean"]["image_auroc"]
+    assert 1 <= facts["best_epoch"] <= facts["epochs"] == 2
+    assert 0.0 <= facts["served_fpr"] <= 1.0 and facts["seconds"] > 0
+    assert "| 64 |" in run_facts.report({"runs": {"tiny": facts}})

@@ -79,7 +79,10 @@ def test_train_command_errors_are_messages(synthetic_root: Path, tmp_path: Path)
         train_command, [*base, "--teacher", "random", "--image-size", "100"]
     )
     assert bad_size.exit_code == 1 and "multiple of 32" in bad_size.output
-    for weights, says in (("1,x,2", "not a list of numbers"), ("1,2", "one weight >= 0 per level")):
+    for weights, says in (
+        ("1,x,2", "not a list of numbers"),
+        ("1,2", "one finite weight >= 0 per level"),
+    ):
         bad_weights = CliRunner().invoke(
             train_command, [*base, "--teacher", "random", "--level-weights", weights]
         )

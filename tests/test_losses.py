@@ -9,13 +9,12 @@ import torch
 from dcam.core.errors import ConfigError
 from dcam.nets.features import Normalize
 from dcam.teacher.sources import load_teacher
+from dcam.training.levers import channel_statistics, standardise
 from dcam.training.losses import (
     channel_cosine_loss,
-    channel_statistics,
     distillation_loss,
     spatial_cosine_loss,
     spatial_kl_loss,
-    standardise,
     stfpm_l2_loss,
 )
 

@@ -10,8 +10,9 @@ import torch
 from dcam.core.errors import DcamError
 from dcam.datasets.layout import discover, load_images
 from dcam.training.config import TrainConfig
+from dcam.training.levers import augment, learning_rate
 from dcam.training.model import Student, load_teacher
-from dcam.training.train import augment, learning_rate, run_epoch, train
+from dcam.training.train import run_epoch, train
 from tests.conftest import tiny_config
 
 
@@ -189,8 +190,19 @@ def test_augmentations_keep_the_batch_and_are_seeded() -> None:
     assert torch.equal(flipped, augment(x, "flip", torch.Generator().manual_seed(0)))
     for original, out in zip(x, flipped, strict=True):  # each image is one of its four flips
         assert any(torch.equal(out, original.flip(d)) for d in ([], [1], [2], [1, 2]))
+    with pytest.raises(DcamError, match="unknown augmentation"):
+        augment(x, "rotate", torch.Generator())
     lit = augment(x, "photometric", torch.Generator().manual_seed(0))
     for original, out in zip(x, lit, strict=True):  # one gain and offset per image
         gain = (out - out.mean()).norm() / (original - original.mean()).norm()
         assert 0.9 - 1e-5 <= gain <= 1.1 + 1e-5
         assert torch.allclose(out, original * gain + (out - original * gain).mean(), atol=1e-5)
+
+
+def test_resume_keeps_a_cosine_schedules_length(synthetic_root: Path, tmp_path: Path) -> None:
+    """Resuming with more epochs would stretch the decay half way through: refused loudly."""
+    cfg = tiny_config(synthetic_root, tmp_path / "run", epochs=1, lr_schedule="cosine")
+    train(cfg)
+    longer = tiny_config(synthetic_root, tmp_path / "run", epochs=2, lr_schedule="cosine")
+    with pytest.raises(DcamError, match="cannot change under --lr-schedule cosine"):
+        train(longer, resume=True)

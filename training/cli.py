@@ -31,14 +31,13 @@ def split_list(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
-def parse_weights(value: str) -> tuple[float, ...]:
-    """'1, 0.5,2' -> (1.0, 0.5, 2.0); a word that is not a number is a usage error."""
+def parse_weights(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    """--level-weights '1, 0.5,2' -> (1.0, 0.5, 2.0); a word that is not a number is a usage
+    error (click callback, so the option maps onto TrainConfig.level_weights directly)."""
     try:
         return tuple(float(v) for v in split_list(value) or ())
     except ValueError:
-        raise click.BadParameter(
-            f"not a list of numbers: {value!r}", param_hint="--level-weights"
-        ) from None
+        raise click.BadParameter(f"not a list of numbers: {value!r}") from None
 
 
 def _d(name: str):
@@ -114,6 +113,7 @@ def _d(name: str):
 @click.option(
     "--level-weights",
     default=",".join(str(w) for w in _d("level_weights")),
+    callback=parse_weights,
     help="Comma-separated loss weights of layer1, layer2, layer3.",
 )
 @click.option(
@@ -172,7 +172,6 @@ def train_command(resume: bool, force: bool, **options) -> None:
     options["data"] = tuple(options["data"])
     options["categories"] = split_list(options["categories"])
     options["losses"] = split_list(options["losses"]) or ()
-    options["level_weights"] = parse_weights(options["level_weights"])
     cfg = TrainConfig(**options)
     manifest = train(cfg, resume=resume, force=force)
     report = Path(cfg.out) / "report.md"

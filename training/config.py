@@ -6,6 +6,7 @@ Torch-free, so `dcam-train --help` and the option defaults need no torch import.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,11 +49,10 @@ class TrainConfig:
     dcam_mode: str = "mask"  # chosen by the accuracy benchmark (benchmarks/README.md)
     losses: tuple[str, ...] = ("cosine", "kl")
     temperature: float = 1.0  # spatial-softmax temperature of the KL term
-    # 192 px by measurement (issue 23, benchmarks/README.md, 20 epochs, 3 seeds on the synthetic
-    # line): the best image AUROC (78.0, 0.5 below the teacher probe) at a PRO no worse than
-    # 256 px's (64.6 against 64.1; 256 px ranks at 74.1). 128 px ties it (77.4, inside the
-    # seed ranges) and localises better here (PRO 67.5), but on photographed textures PRO fell
-    # 8 points from 256 to 128 px, so the default does not stake localisation on the smallest.
+    # 192 px by measurement (issue 23; benchmarks/README.md, "Input size, training length and the
+    # probe-to-student gap"): the best image AUROC at a PRO no worse than 256 px's, the default
+    # before. 128 px ties it on this line; it is not the default because on photographed
+    # textures PRO fell 8 points from 256 to 128 px.
     image_size: int = 192
     epochs: int = 20
     batch_size: int = 8
@@ -95,13 +95,7 @@ class TrainConfig:
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("feature_norm", self.feature_norm, FEATURE_NORMS)
         _check_choice("augment", self.augment, AUGMENTATIONS)
-        if len(self.level_weights) != len(LEVELS) or min(self.level_weights) < 0:
-            raise ConfigError(
-                f"level_weights needs one weight >= 0 per level {list(LEVELS)}; "
-                f"got {list(self.level_weights)}"
-            )
-        if not sum(self.level_weights) > 0:
-            raise ConfigError("level_weights must not all be 0")
+        _check_level_weights(self.level_weights)
         if not self.data:
             raise ConfigError("give at least one data folder")
         if self.image_size < 32 or self.image_size % 32:
@@ -137,6 +131,20 @@ class TrainConfig:
         tuples = ("data", "losses", "categories", "level_weights")
         fixed = {k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()}
         return cls(**fixed)
+
+
+def _check_level_weights(weights: tuple[float, ...]) -> None:
+    finite = all(
+        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+        for w in weights
+    )
+    if len(weights) != len(LEVELS) or not finite:
+        raise ConfigError(
+            f"level_weights needs one finite weight >= 0 per level {list(LEVELS)}; "
+            f"got {list(weights)}"
+        )
+    if not sum(weights) > 0:
+        raise ConfigError("level_weights must not all be 0")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dcam.core.errors import ConfigError
-from dcam.nets.features import Normalize
 from dcam.training.config import LOSSES
 
 
@@ -82,43 +80,3 @@ def distillation_loss(
                 term = stfpm_l2_loss(t, s)
             total = total + weight * term
     return total
-
-
-@torch.no_grad()
-def channel_statistics(
-    teacher: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per level, the teacher's per-channel mean and standard deviation over every pixel of
-    `images` (uint8 NHWC, as loaded), the std floored at the level's median: what
-    feature_norm="channel" standardises both sides by."""
-    normalize = Normalize().to(device)
-    sums: list[torch.Tensor] = []
-    squares: list[torch.Tensor] = []
-    pixels: list[int] = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(images[start : start + batch_size]).to(device))
-        feats = [f.double() for f in teacher(x)]
-        if not sums:
-            sums = [torch.zeros(f.shape[1], dtype=torch.float64, device=device) for f in feats]
-            squares = [torch.zeros_like(v) for v in sums]
-            pixels = [0] * len(feats)
-        for i, f in enumerate(feats):
-            sums[i] += f.sum(dim=(0, 2, 3))
-            squares[i] += (f * f).sum(dim=(0, 2, 3))
-            pixels[i] += f.shape[0] * f.shape[2] * f.shape[3]
-    stats = []
-    for total, square, n in zip(sums, squares, pixels, strict=True):
-        mean = total / n
-        std = (square / n - mean**2).clamp_min(0).sqrt()
-        # Floored at the level's median: quiet (or dead, std 0) channels would otherwise scale a
-        # student's stray output there by up to 1/eps and swamp the loss.
-        std = std.clamp_min(float(std.median()))
-        stats.append((mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)))
-    return stats
-
-
-def standardise(
-    feats: Sequence[torch.Tensor], stats: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> list[torch.Tensor]:
-    """(feature - mean) / std per channel and level."""
-    return [(f - m) / s for f, (m, s) in zip(feats, stats, strict=True)]

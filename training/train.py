@@ -8,7 +8,6 @@ state dicts, the student without DCAM weights), `manifest.json`, `config.json`, 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -29,7 +28,14 @@ from dcam.teacher.sources import TeacherChoice, choose_source
 from dcam.training.calibration import calibrate, detection_estimate, threshold_note
 from dcam.training.config import TrainConfig
 from dcam.training.evaluate import evaluate, markdown_table, predict_maps
-from dcam.training.losses import channel_statistics, distillation_loss, standardise
+from dcam.training.levers import (
+    augment,
+    augment_generator,
+    channel_statistics,
+    learning_rate,
+    standardise,
+)
+from dcam.training.losses import distillation_loss
 from dcam.training.manifest import build_manifest
 from dcam.training.model import Normalize, Student, adapt_batchnorm, load_teacher
 
@@ -74,29 +80,6 @@ def batch_loss(
     )
 
 
-def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """A batch of normalised images, augmented per image (cfg.augment's rule)."""
-    n = len(x)
-    if kind == "photometric":  # gain and offset of +-10% of the pixel range (~0.44 std units)
-        gain = 1.0 + 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-        offset = 0.87 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-        return x * gain.to(x.device) + offset.to(x.device)
-    flips = torch.rand(n, 2, generator=generator) < 0.5
-    out = x.clone()
-    for i, (horizontal, vertical) in enumerate(flips.tolist()):
-        dims = [d for d, on in ((3, horizontal), (2, vertical)) if on]
-        if dims:
-            out[i] = x[i].flip([d - 1 for d in dims])
-    return out
-
-
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of epoch `epoch` (0-based) under cfg.lr_schedule."""
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-    return cfg.lr
-
-
 def run_epoch(
     teacher,
     student,
@@ -120,7 +103,7 @@ def run_epoch(
         else torch.arange(len(images))
     )
     batches = order.split(cfg.batch_size)
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7)
+    generator = augment_generator(cfg, epoch)
     total, seen = 0.0, 0
     bar = tqdm(
         batches,
@@ -204,6 +187,11 @@ def _resume_state(out: Path, cfg: TrainConfig) -> dict:
     }
     if changed:
         raise ConfigError(f"--resume: settings differ from the interrupted run: {sorted(changed)}")
+    if cfg.lr_schedule == "cosine" and saved["epochs"] != cfg.epochs:
+        raise ConfigError(
+            "--resume: --epochs cannot change under --lr-schedule cosine (the decay is laid out "
+            f"over the run's {saved['epochs']} epochs)"
+        )
     return state
 
 
