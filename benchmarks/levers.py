@@ -32,9 +32,9 @@ import torch
 from dcam.build.export import load_feature_net
 from dcam.core.anomaly_map import cosine_distance, gaussian_smooth, image_scores, resize_bilinear
 from dcam.core.manifest import Manifest
-from dcam.core.metrics import auroc, pro_score
 from dcam.datasets.layout import load_images, load_masks
 from dcam.training.config import TrainConfig
+from dcam.training.evaluate import category_metrics
 from dcam.training.levers import channel_statistics
 
 METRICS = ("image_auroc", "pixel_auroc", "pro")
@@ -88,19 +88,9 @@ def variant_maps(levels, good_levels, size: int, default_sigma: float) -> dict[s
 
 
 def metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, cats: np.ndarray) -> dict:
-    """Mean over products of image AUROC, pixel AUROC and PRO."""
-    scores = np.asarray(image_scores(maps))
-    rows = []
-    for c in sorted(set(cats)):
-        sel = cats == c
-        rows.append(
-            {
-                "image_auroc": auroc(labels[sel], scores[sel]),
-                "pixel_auroc": auroc(masks[sel].ravel(), maps[sel].ravel()),
-                "pro": pro_score(masks[sel], maps[sel]),
-            }
-        )
-    return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+    """Mean over products of image AUROC, pixel AUROC and PRO, by training's own rule."""
+    mean = category_metrics(labels, cats, np.asarray(image_scores(maps)), masks, maps)["mean"]
+    return {m: mean[m] for m in METRICS}
 
 
 def rescore(run: Path) -> dict:

@@ -58,6 +58,25 @@ def _category_metrics(
     return result
 
 
+def category_metrics(
+    labels: np.ndarray, cats: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray
+) -> dict:
+    """Image AUROC, pixel AUROC, PRO and F1-max per category, and their mean over categories:
+    the one rule every reported metric follows (training's report, benchmarks' rescoring)."""
+    per_category = {
+        c: _category_metrics(
+            labels[cats == c], scores[cats == c], masks[cats == c], maps[cats == c]
+        )
+        for c in sorted(set(cats))
+    }
+    keys = ("image_auroc", "pixel_auroc", "pro", "f1_max")
+    rows = per_category.values()
+    mean = {
+        k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)
+    }
+    return {"per_category": per_category, "mean": mean}
+
+
 def evaluate(
     samples: Sequence[Sample], maps: np.ndarray, masks: np.ndarray, spec: ScoringSpec
 ) -> dict:
@@ -65,17 +84,7 @@ def evaluate(
     labels = np.array([s.is_anomalous for s in samples])
     cats = np.array([s.category for s in samples])
     scores = np.asarray(image_scores(maps))
-    report: dict = {"per_category": {}}
-    for c in sorted(set(cats)):
-        sel = cats == c
-        report["per_category"][c] = _category_metrics(
-            labels[sel], scores[sel], masks[sel], maps[sel]
-        )
-    keys = ("image_auroc", "pixel_auroc", "pro", "f1_max")
-    rows = report["per_category"].values()
-    report["mean"] = {
-        k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)
-    }
+    report = category_metrics(labels, cats, scores, masks, maps)
     report["calibration_readings"] = calibration_readings(labels, cats, scores, spec)
     report["decisions_at_global_threshold"] = {
         k: report["calibration_readings"]["global"][k]
