@@ -63,12 +63,10 @@ def category_metrics(
 ) -> dict:
     """Image AUROC, pixel AUROC, PRO and F1-max per category, and their mean over categories:
     the one rule every reported metric follows (training's report, benchmarks' rescoring)."""
-    per_category = {
-        c: _category_metrics(
-            labels[cats == c], scores[cats == c], masks[cats == c], maps[cats == c]
-        )
-        for c in sorted(set(cats))
-    }
+    per_category = {}
+    for c in sorted(set(cats)):
+        sel = cats == c
+        per_category[c] = _category_metrics(labels[sel], scores[sel], masks[sel], maps[sel])
     keys = ("image_auroc", "pixel_auroc", "pro", "f1_max")
     rows = per_category.values()
     mean = {
