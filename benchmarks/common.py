@@ -72,6 +72,15 @@ def stamp() -> dict:
     }
 
 
+def run_folder_arguments(doc: str) -> argparse.Namespace:
+    """`RUNS... [--tag T]`: the arguments of the benchmarks that read trained runs back
+    (levers.py, run_facts.py); the description is the script's first docstring line."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="trained run folders")
+    p.add_argument("--tag", default=time.strftime("%Y%m%d"))
+    return p.parse_args()
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--layout, --tag and --work: what the serving benchmarks share."""
     parser.add_argument("--layout", choices=["ensemble", "fused"], default="ensemble")

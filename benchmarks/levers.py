@@ -20,7 +20,6 @@ size and variant, mean over the runs of each configuration (range over runs).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -41,12 +40,9 @@ METRICS = ("image_auroc", "pixel_auroc", "pro")
 
 
 @torch.no_grad()
-def level_maps(run: Path, images: np.ndarray, stats: list | None = None) -> dict[str, list]:
+def level_maps(teacher, student, images: np.ndarray, stats: list | None = None) -> dict[str, list]:
     """Per level, `1 - cos` of the run's teacher and student at the level's own scale: "plain",
     and "channel-std" on features standardised by `stats` (per level: channel mean, std)."""
-    manifest = Manifest.read(run)
-    teacher = load_feature_net(run, manifest, "teacher")
-    student = load_feature_net(run, manifest, "student")
     levels: dict[str, list[list[np.ndarray]]] = {"plain": [], "channel-std": []}
     for start in range(0, len(images), 16):
         x = torch.from_numpy(images[start : start + 16])
@@ -63,10 +59,9 @@ def level_maps(run: Path, images: np.ndarray, stats: list | None = None) -> dict
     return {k: [np.concatenate(level) for level in v if level] for k, v in levels.items()}
 
 
-def teacher_channel_stats(run: Path, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def teacher_channel_stats(teacher, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per level, the teacher's per-channel mean and std over every pixel of `images`: training's
     own rule (`--feature-norm channel`) on the run's teacher."""
-    teacher = load_feature_net(run, Manifest.read(run), "teacher")
     stats = channel_statistics(teacher.net, images, 16, torch.device("cpu"))
     return [(mean.numpy(), std.numpy()) for mean, std in stats]
 
@@ -97,10 +92,12 @@ def rescore(run: Path) -> dict:
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     splits = cfg.splits()
     size = cfg.image_size
-    test = load_images(splits.test, size)
-    stats = teacher_channel_stats(run, load_images(splits.train, size))
-    levels = level_maps(run, test, stats)
-    good_levels = level_maps(run, load_images(splits.val, size))
+    manifest = Manifest.read(run)
+    teacher = load_feature_net(run, manifest, "teacher")
+    student = load_feature_net(run, manifest, "student")
+    stats = teacher_channel_stats(teacher, load_images(splits.train, size))
+    levels = level_maps(teacher, student, load_images(splits.test, size), stats)
+    good_levels = level_maps(teacher, student, load_images(splits.val, size))
     labels = np.array([s.is_anomalous for s in splits.test])
     cats = np.array([s.category for s in splits.test])
     masks = load_masks(splits.test, size)
@@ -148,10 +145,7 @@ def report(payload: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--tag", default=time.strftime("%Y%m%d"))
-    args = p.parse_args()
+    args = common.run_folder_arguments(__doc__)
     torch.set_num_threads(2)
     start = time.perf_counter()
     results = {}

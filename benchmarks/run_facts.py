@@ -8,9 +8,7 @@ Writes `benchmarks/results/run-facts-<tag>.{json,md}`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import common
@@ -49,10 +47,7 @@ def report(payload: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--tag", default=time.strftime("%Y%m%d"))
-    args = p.parse_args()
+    args = common.run_folder_arguments(__doc__)
     runs = {f"{run.parent.name}/{run.name}": facts(run) for run in args.runs}
     common.publish(f"run-facts-{args.tag}", {"runs": runs, "stamp": common.stamp()}, report)
 
